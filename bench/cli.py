@@ -1,0 +1,184 @@
+"""The `bench` command: parses arguments, calls the pipeline, shows progress. Nothing else."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from bench.config import ConfigError
+    from bench.data import DataError
+    from bench.models import WeightsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, WeightsError) as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished runs are kept; the cut-off run resumes from its "
+                      "last epoch on the next `bench run`")
+        return EXIT_INTERRUPTED
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="ResNet-50 -> CIFAR-10 transfer-learning ablations")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def study_args(sp):
+        sp.add_argument("study", type=Path, help="study file, e.g. ablations.yaml")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted key in every variant, e.g. --set train.epochs=1 (repeatable)")
+        sp.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="only variants whose name matches, e.g. --only 'freeze=*' (repeatable)")
+        sp.add_argument("--limit-train", type=int, metavar="N", help="same as --set data.limit_train=N")
+        sp.add_argument("--data-dir", metavar="DIR", help="same as --set data.path=DIR")
+        sp.add_argument("--results", type=Path, default=Path("results"), help="results store (default: ./results)")
+
+    sp = sub.add_parser("list", help="show the expanded grid: what differs, rough cost, status")
+    study_args(sp)
+    sp.set_defaults(func=cmd_list)
+
+    sp = sub.add_parser("run", help="train and evaluate every variant not done yet")
+    study_args(sp)
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--retry-failed", action="store_true", help="also re-run variants that failed before")
+    sp.add_argument("--no-feature-cache", action="store_true",
+                    help="run a frozen backbone every epoch instead of once (for timing comparisons)")
+    sp.set_defaults(func=cmd_run)
+    return p
+
+
+def load(args):
+    from bench.config import ConfigError, load_study, parse_value, select
+
+    overrides = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(args.study, [f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1"])
+        overrides[key.strip()] = parse_value(value)
+    if args.limit_train is not None:
+        overrides["data.limit_train"] = args.limit_train
+    if args.data_dir:
+        overrides["data.path"] = str(Path(args.data_dir).expanduser().resolve())
+    study = load_study(args.study, overrides)
+    return study, select(study, args.only)
+
+
+def cmd_list(args) -> int:
+    from bench.store import Store
+    from bench.train import estimate_tflops
+
+    study, variants = load(args)
+    store = Store(args.results)
+    table = Table(title=f"{study.name}: {len(variants)} runs ({args.study})")
+    for col in ("#", "variant", "seed", "what differs", "~TFLOP", "status", "run id"):
+        table.add_column(col, justify="right" if col in ("#", "seed", "~TFLOP") else "left")
+    total = 0.0
+    for i, v in enumerate(variants, 1):
+        cost = estimate_tflops(v.config)
+        total += cost
+        diff = ", ".join(f"{k}={val}" for k, val in v.overrides.items()) or "(defaults)"
+        table.add_row(str(i), v.name, str(v.seed), diff, f"{cost:,.0f}", store.state(v) or "pending", v.run_id)
+    Console().print(table)
+    Console().print(f"total ~{total:,.0f} TFLOP (ResNet-50 multiply-adds; a frozen backbone with no "
+                    "augmentation runs once, its features are cached)")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from bench.runner import Hooks, run_study
+    from bench.store import Store
+
+    study, variants = load(args)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        console.print("[bold red]error:[/] --device cuda, but torch sees no CUDA device; use --device cpu")
+        return EXIT_BAD_INPUT
+    store = Store(args.results)
+    store.record_study(study, "bench " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:] else "bench run")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        grid = progress.add_task(f"[bold]{study.name}[/]", total=len(variants))
+        bars = RunBars(progress)
+
+        def started(v):
+            bars.clear()
+            console.print(f"[bold]>[/] {v.name} (seed {v.seed}) -> {store.run_dir(v.run_id)}", highlight=False)
+
+        def ended(r):
+            progress.advance(grid)
+            if r.state == "failed":
+                console.print(f"[red]  failed:[/] {r.error.splitlines()[0]}", highlight=False)
+            elif r.state == "done":
+                console.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
+
+        results = run_study(study, variants, store, device, retry_failed=args.retry_failed,
+                            feature_cache=not args.no_feature_cache,
+                            hooks=Hooks(progress=bars, run_started=started, run_ended=ended))
+        progress.update(grid, completed=len(variants))
+        bars.clear()
+    summary(results)
+    return EXIT_FAILED_RUNS if any(r.state in ("failed", "busy") for r in results) else EXIT_OK
+
+
+class RunBars:
+    """progress(description, total) -> advance(n), backed by rich tasks that go once finished."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.tasks = progress, []
+
+    def __call__(self, description: str, total: int):
+        finished = {t.id for t in self.progress.tasks if t.finished}
+        for t in [t for t in self.tasks if t in finished]:
+            self.progress.remove_task(t)
+            self.tasks.remove(t)
+        task = self.progress.add_task(f"  {description}", total=total)
+        self.tasks.append(task)
+        return lambda n: self.progress.advance(task, n)
+
+    def clear(self):
+        for t in self.tasks:
+            self.progress.remove_task(t)
+        self.tasks = []
+
+
+def summary(results) -> None:
+    table = Table(title="summary")
+    for col in ("variant", "seed", "state", "test acc", "seconds", "run id"):
+        table.add_column(col)
+    style = {"done": "green", "skipped": "dim", "failed": "red", "busy": "yellow"}
+    for r in results:
+        table.add_row(r.variant.name, str(r.variant.seed), f"[{style[r.state]}]{r.state}[/]",
+                      f"{r.accuracy:.4f}" if r.accuracy is not None else "",
+                      f"{r.seconds:.0f}" if r.seconds is not None else "", r.variant.run_id)
+    Console().print(table)
+    for r in results:
+        if r.state in ("failed", "busy"):
+            console.print(f"[red]{r.variant.name} (seed {r.variant.seed}):[/] {r.error}", highlight=False)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Feature cache: a frozen backbone on deterministic inputs is run once, not once per epoch.
+
+When the whole backbone is frozen and there is no random augmentation, every epoch would
+push the same images through the same function. So the pooled 2048-d features of each split
+are computed once per (weights, resolution, normalization, data, precision), kept on disk,
+and the head trains on them. Every variant and epoch that shares those settings reuses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from bench.config import RunConfig
+from bench.data import Dataset, cache_root
+from bench.transforms import BatchTransform
+
+
+def cacheable(cfg: RunConfig) -> bool:
+    return cfg.model.freeze == "backbone" and cfg.input.augment == "none"
+
+
+def cache_key(cfg: RunConfig, dtype: torch.dtype | None) -> str:
+    what = {"arch": cfg.model.arch, "weights": cfg.model.weights, "input": cfg.input.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json"), "dtype": str(dtype)}
+    if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
+        what["seed"] = cfg.seed
+    elif cfg.model.weights.startswith("file:"):  # a rewritten checkpoint must not hit old features
+        st = Path(cfg.model.weights[5:]).stat()
+        what["file"] = [st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def embed(backbone: torch.nn.Module, x: torch.Tensor, transform: BatchTransform, batch_size: int,
+          device: torch.device, dtype: torch.dtype | None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Pooled features of uint8 images `x`, in float32, on `device`."""
+    backbone.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = transform(x[i:i + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out.append(backbone(batch).float())
+        if advance:
+            advance(len(batch))
+    return torch.cat(out)
+
+
+def split_features(backbone: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device,
+                   dtype: torch.dtype | None, batch_size: int, progress=None) -> tuple[dict[str, torch.Tensor], bool]:
+    """{'train'|'val'|'test': (N, 2048) features} from the disk cache or computed now; and whether it hit."""
+    path = cache_root() / "features" / f"{cache_key(cfg, dtype)}.pt"
+    if path.exists():
+        try:
+            feats = torch.load(path, map_location=device, weights_only=True)
+            if all(len(feats[s]) == len(getattr(data, s)) for s in ("train", "val", "test")):
+                return feats, True
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            pass
+    transform = BatchTransform(cfg.input, train=False)
+    total = len(data.train) + len(data.val) + len(data.test)
+    advance = progress("backbone features (computed once, then cached)", total) if progress else None
+    feats = {s: embed(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
+             for s in ("train", "val", "test")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        torch.save({k: v.cpu() for k, v in feats.items()}, f)
+    os.replace(f.name, path)
+    return feats, False

@@ -1,0 +1,223 @@
+"""Training and evaluation of one run: optimizer, schedule, epochs, validation, one test pass.
+
+`progress(description, total)` (optional) returns an `advance(n)` callable; the CLI backs it
+with rich progress bars, tests leave it out.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench import features
+from bench.config import RunConfig, TrainConfig
+from bench.data import Dataset
+from bench.models import build_model
+from bench.transforms import BatchTransform
+
+
+class Diverged(Exception):
+    """The loss became NaN or inf: the run stops at once instead of burning hours on garbage."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}; try a lower train.lr "
+                         f"or a warm-up (train.warmup_epochs)")
+
+
+@dataclass
+class Outcome:
+    history: list[dict]  # one row per epoch
+    test_logits: np.ndarray  # (N_test, classes) float32, from the selected epoch's weights
+    best_epoch: int  # the epoch whose weights produced test_logits
+    seconds: float
+    feature_cache: str  # 'off' (backbone runs every epoch), 'computed' or 'hit'
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; on the CPU only when asked (it is slower on many CPUs)."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier on train.lr at optimizer step `step`: linear warm-up, then the schedule."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, cfg.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, x: torch.Tensor, transform, batch_size: int, device: torch.device,
+            dtype: torch.dtype | None, advance=None) -> torch.Tensor:
+    """Logits (float32) for every row of `x`, in order, in eval mode."""
+    net.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size].to(device, non_blocking=True)
+        batch = transform(batch) if transform else batch
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out.append(net(batch).float())
+        if advance:
+            advance(len(batch))
+    return torch.cat(out)
+
+
+def fit(cfg: RunConfig, data: Dataset, device: torch.device, *, checkpoint: Path | None = None,
+        feature_cache: bool = True, progress=None) -> Outcome:
+    """Train one run and evaluate the test set once, with the weights chosen on validation."""
+    seed_everything(cfg.seed)
+    tc = cfg.train
+    dtype = autocast_dtype(tc, device)
+    model = build_model(cfg.model, len(data.classes)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    eval_bs = max(256, tc.batch_size)
+    started = time.perf_counter()
+
+    if feature_cache and features.cacheable(cfg):
+        # Frozen backbone, deterministic inputs: train the head on features computed once.
+        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, progress)
+        net, inputs = model.head, feats
+        train_tf = eval_tf = None
+        cache_state = "hit" if hit else "computed"
+    else:
+        net, cache_state = model, "off"
+        inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
+        if device.type == "cuda":  # the whole uint8 data set fits on the GPU: no host transfers
+            inputs = {s: x.to(device) for s, x in inputs.items()}
+        train_tf, eval_tf = BatchTransform(cfg.input, train=True), BatchTransform(cfg.input, train=False)
+    labels = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = make_optimizer(tc, params)
+    n_train = len(labels["train"])
+    steps_per_epoch = math.ceil(n_train / tc.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(tc, s, steps_per_epoch))
+
+    history: list[dict] = []
+    best = {"acc": -1.0, "epoch": 0, "state": None}
+    start_epoch = 1
+    if checkpoint and checkpoint.exists():
+        state = _load_checkpoint(checkpoint)
+        if state is not None:
+            net.load_state_dict(state["net"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, best = state["history"], state["best"]
+            torch.set_rng_state(state["rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            start_epoch = len(history) + 1
+
+    epoch_bar = progress("epochs", tc.epochs) if progress else None
+    if epoch_bar and start_epoch > 1:
+        epoch_bar(start_epoch - 1)
+    for epoch in range(start_epoch, tc.epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        order = torch.randperm(n_train).to(device)
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        advance = progress(f"epoch {epoch}/{tc.epochs} train", n_train) if progress else None
+        for step, i in enumerate(range(0, n_train, tc.batch_size)):
+            idx = order[i:i + tc.batch_size]
+            x = inputs["train"][idx.to(inputs["train"].device)].to(device, non_blocking=True)
+            x = train_tf(x) if train_tf else x
+            y = labels["train"][idx]
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+            if not torch.isfinite(loss):
+                raise Diverged(epoch, step, loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if advance:
+                advance(len(y))
+        train_seconds = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype)
+        val_loss = F.cross_entropy(val_logits, labels["val"]).item()
+        val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
+        history.append({"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / n_train,
+                        "train_acc": correct.item() / n_train, "val_loss": val_loss, "val_acc": val_acc,
+                        "seconds": time.perf_counter() - t0, "train_images_per_sec": n_train / train_seconds})
+        if tc.select == "last" or val_acc > best["acc"]:
+            best = {"acc": val_acc, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
+        if checkpoint:
+            _save_checkpoint(checkpoint, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                                          "rng": torch.get_rng_state(),
+                                          "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+        if epoch_bar:
+            epoch_bar(1)
+
+    net.load_state_dict(best["state"])
+    test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype)
+    return Outcome(history, test_logits.cpu().numpy(), best["epoch"], time.perf_counter() - started, cache_state)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        torch.save(state, f)
+    os.replace(f.name, path)  # a kill mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # unreadable: start the run over rather than resume from garbage
+        return None
+
+
+# Forward multiply-adds of ResNet-50 at 224 px (torchvision's figure, 4.09 GFLOPS), and the
+# share of them in the stages that a `freeze` setting leaves trainable (from per-stage counts).
+GFLOPS_224 = 4.09
+TRAINABLE_SHARE = {"backbone": 0.0, "stem-layer3": 0.20, "stem-layer2": 0.46, "stem-layer1": 0.72, "stem": 0.97, "none": 1.0}
+SIZES = {"cifar10": (50_000, 10_000), "folder": (50_000, 10_000), "digits": (1_347, 450)}
+
+
+def estimate_tflops(cfg: RunConfig) -> float:
+    """Rough compute of a run, for `bench list`: backward costs about twice the forward of the
+    trainable stages; a cacheable frozen backbone runs once over every image."""
+    n_all, n_test = SIZES[cfg.data.source]
+    n_val = min(cfg.data.val_size, n_all)
+    n_train = min(cfg.data.limit_train or n_all, n_all - n_val)
+    n_test = min(cfg.data.limit_test or n_test, n_test)
+    fwd = GFLOPS_224 * (cfg.input.resolution / 224) ** 2 / 1000
+    if features.cacheable(cfg):
+        return fwd * (n_train + n_val + n_test)
+    per_epoch = n_train * fwd * (1 + 2 * TRAINABLE_SHARE[cfg.model.freeze]) + n_val * fwd
+    return per_epoch * cfg.train.epochs + n_test * fwd
