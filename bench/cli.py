@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, WeightsError) as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished runs are kept; the cut-off run resumes from its "
@@ -57,6 +57,27 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-feature-cache", action="store_true",
                     help="run a frozen backbone every epoch instead of once (for timing comparisons)")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("report", help="tables (markdown, LaTeX), figures and a report page per study")
+    sp.add_argument("--results", type=Path, default=Path("results"), help="results store (default: ./results)")
+    sp.add_argument("--out", type=Path, default=Path("reports"), help="where reports go (default: ./reports)")
+    sp.add_argument("--study", metavar="NAME", help="one study (default: every study in the store)")
+    sp.add_argument("--format", default="md,tex", metavar="md,tex", help="md, tex or md,tex (default: both)")
+    sp.add_argument("--baseline", metavar="NAME", help="variant the ablation effects are measured against "
+                    "(default: the variant named 'baseline')")
+    sp.add_argument("--variant", metavar="NAME", help="variant for the per-class table and confusion matrix "
+                    "(default: best mean test accuracy)")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("compare", help="is variant A really better than B on the test set? "
+                        "(McNemar's exact test, paired bootstrap)")
+    sp.add_argument("a", metavar="VARIANT_A")
+    sp.add_argument("b", metavar="VARIANT_B")
+    sp.add_argument("--study", metavar="NAME", help="study holding both (default: the one that does)")
+    sp.add_argument("--results", type=Path, default=Path("results"), help="results store (default: ./results)")
+    sp.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    sp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    sp.set_defaults(func=cmd_compare)
     return p
 
 
@@ -85,7 +106,8 @@ def cmd_list(args) -> int:
     store = Store(args.results)
     table = Table(title=f"{study.name}: {len(variants)} runs ({args.study})")
     for col in ("#", "variant", "seed", "what differs", "~TFLOP", "status", "run id"):
-        table.add_column(col, justify="right" if col in ("#", "seed", "~TFLOP") else "left")
+        table.add_column(col, justify="right" if col in ("#", "seed", "~TFLOP") else "left",
+                         no_wrap=col in ("variant", "run id"))
     total = 0.0
     for i, v in enumerate(variants, 1):
         cost = estimate_tflops(v.config)
@@ -101,7 +123,7 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     import torch
 
-    from bench.runner import Hooks, run_study
+    from bench.runner import Hooks, pending, preflight, run_study
     from bench.store import Store
 
     study, variants = load(args)
@@ -111,6 +133,8 @@ def cmd_run(args) -> int:
         console.print("[bold red]error:[/] --device cuda, but torch sees no CUDA device; use --device cpu")
         return EXIT_BAD_INPUT
     store = Store(args.results)
+    hooks = Hooks()
+    preflight(pending(store, variants, args.retry_failed), hooks)  # missing data or weights: stop before any run
     store.record_study(study, "bench " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:] else "bench run")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
 
@@ -127,17 +151,58 @@ def cmd_run(args) -> int:
         def ended(r):
             progress.advance(grid)
             if r.state == "failed":
-                console.print(f"[red]  failed:[/] {r.error.splitlines()[0]}", highlight=False)
+                console.print(f"[red]  failed:[/] {r.error.splitlines()[0]}", highlight=False, soft_wrap=True)
             elif r.state == "done":
                 console.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
 
+        hooks.progress, hooks.run_started, hooks.run_ended = bars, started, ended
         results = run_study(study, variants, store, device, retry_failed=args.retry_failed,
-                            feature_cache=not args.no_feature_cache,
-                            hooks=Hooks(progress=bars, run_started=started, run_ended=ended))
+                            feature_cache=not args.no_feature_cache, hooks=hooks)
         progress.update(grid, completed=len(variants))
         bars.clear()
     summary(results)
     return EXIT_FAILED_RUNS if any(r.state in ("failed", "busy") for r in results) else EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from bench.report import ReportError, report
+
+    try:
+        reports = report(args.results, args.out, args.study, set(filter(None, args.format.split(","))),
+                         args.baseline, args.variant)
+    except ReportError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    for study, written in reports:
+        for w in study.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        pages = [p for p in written if p.name.startswith("report.")]
+        console.print(f"{study.name}: {len(written)} files in {pages[0].parent if pages else args.out}"
+                      + "".join(f"\n  {p}" for p in pages), highlight=False)
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from bench.report import ReportError, compare
+
+    try:
+        result = compare(args.results, args.a, args.b, args.study, resamples=args.resamples, seed=args.seed)
+    except ReportError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    c = result.comparison
+    table = Table(title=f"{result.study.name}: {args.a} vs {args.b} on {c.n_images:,} test images")
+    for col in ("", args.a, args.b, "difference (A - B)"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("test accuracy (%)", f"{100 * c.acc_a:.2f}", f"{100 * c.acc_b:.2f}", f"{100 * c.diff:+.2f}")
+    table.add_row(f"{100 * c.confidence:.0f}% bootstrap CI (points)", "", "",
+                  f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}")
+    table.add_row("seeds averaged", str(c.seeds_a), str(c.seeds_b), "")
+    table.add_row("right only here (first seed)", str(c.a_only), str(c.b_only), "")
+    table.add_row("McNemar exact p (two-sided)", "", "", f"{c.p_value:.3g}")
+    Console().print(table)
+    Console().print(c.verdict(args.a, args.b), highlight=False)
+    return EXIT_OK
 
 
 class RunBars:
@@ -173,7 +238,7 @@ def summary(results) -> None:
     Console().print(table)
     for r in results:
         if r.state in ("failed", "busy"):
-            console.print(f"[red]{r.variant.name} (seed {r.variant.seed}):[/] {r.error}", highlight=False)
+            console.print(f"[red]{r.variant.name} (seed {r.variant.seed}):[/] {r.error}", highlight=False, soft_wrap=True)
 
 
 def _raise_interrupt(signum, frame):

@@ -118,6 +118,7 @@ class RunConfig(Strict):
 class VariantSpec(Strict):
     name: str = Field(min_length=1)
     set: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] | None = Field(None, min_length=1)  # instead of the study's seeds (costly variants)
 
 
 class StudyFile(Strict):
@@ -280,7 +281,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     try:
         spec = StudyFile.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(path, [_describe(err, err["loc"], at(*err["loc"])) for err in e.errors()]) from None
+        raise ConfigError(path, [_describe(err, err["loc"], at(*err["loc"]), StudyFile) for err in e.errors()]) from None
 
     overrides = dict(overrides or {})
     problems: list[str] = []
@@ -304,34 +305,34 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if problems:
         raise ConfigError(path, problems)
 
-    # (name, overrides as dotted keys, where they came from in the file)
-    candidates: list[tuple[str, dict[str, Any], tuple]] = []
+    # (name, overrides as dotted keys, seeds, where they came from in the file)
+    candidates: list[tuple[str, dict[str, Any], list[int], tuple]] = []
     if spec.baseline:
-        candidates.append(("baseline", {}, ("defaults",)))
+        candidates.append(("baseline", {}, spec.seeds, ("defaults",)))
     axis_keys = list(spec.ablate) + list(spec.grid)
     for key, values in spec.ablate.items():
         for i, value in enumerate(values):
-            candidates.append((f"{_label(axis_keys, key)}={_fmt(value)}", {key: value}, ("ablate", key, i)))
+            candidates.append((f"{_label(axis_keys, key)}={_fmt(value)}", {key: value}, spec.seeds, ("ablate", key, i)))
     if spec.grid:
         keys = list(spec.grid)
         for combo in itertools.product(*spec.grid.values()):
             name = ",".join(f"{_label(axis_keys, k)}={_fmt(v)}" for k, v in zip(keys, combo))
-            candidates.append((name, dict(zip(keys, combo)), ("grid",)))
+            candidates.append((name, dict(zip(keys, combo)), spec.seeds, ("grid",)))
     for i, v in enumerate(spec.variants):
-        candidates.append((v.name, dict(v.set), ("variants", i)))
+        candidates.append((v.name, dict(v.set), v.seeds or spec.seeds, ("variants", i)))
     if not candidates:
         problems.append("the study has no variants: set baseline: true, or give ablate, grid or variants")
 
     seen: dict[str, tuple] = {}
     variants: list[Variant] = []
     base_dir = path.resolve().parent
-    for name, sets, origin in candidates:
+    for name, sets, seeds, origin in candidates:
         if name in seen:
             problems.append(f"duplicate variant name '{name}'{at(*origin)} (first defined{at(*seen[name])}); "
                             "give hand-written variants unique names")
             continue
         seen[name] = origin
-        for seed in spec.seeds:
+        for seed in seeds:
             tree = copy.deepcopy(spec.defaults)
             set_dotted(tree, "seed", seed)
             for key, value in {**sets, **overrides}.items():
@@ -380,11 +381,11 @@ def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
     return cfg.model_copy(update={"data": data, "model": model})
 
 
-def _describe(err: dict, loc: tuple, where: str) -> str:
+def _describe(err: dict, loc: tuple, where: str, root: type[BaseModel] = RunConfig) -> str:
     key = ".".join(map(str, loc)) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _siblings(loc), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(loc[-1]), _siblings(loc, root), n=1, cutoff=0.6)
         msg = f"unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
     elif err["type"] == "literal_error":
         msg = f"got {err['input']!r}; {msg[0].lower()}{msg[1:]}"
@@ -393,11 +394,14 @@ def _describe(err: dict, loc: tuple, where: str) -> str:
     return f"{key}: {msg}{where}"
 
 
-def _siblings(loc: tuple) -> list[str]:
-    model: type[BaseModel] = StudyFile if loc and loc[0] in StudyFile.model_fields and len(loc) == 1 else RunConfig
+def _siblings(loc: tuple, root: type[BaseModel]) -> list[str]:
+    """Field names beside the one at `loc`, to suggest a close match for a misspelt key."""
+    if root is StudyFile:
+        return list(VariantSpec.model_fields) if loc[0] == "variants" and len(loc) > 2 else list(StudyFile.model_fields)
+    model = root
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        ann = getattr(model.model_fields.get(str(part)), "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             break
-        model = field.annotation
+        model = ann
     return list(model.model_fields)

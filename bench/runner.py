@@ -34,7 +34,7 @@ class Hooks:
     progress: Callable | None = None  # progress(description, total) -> advance(n)
     run_started: Callable[[Variant], None] = lambda v: None
     run_ended: Callable[[RunResult], None] = lambda r: None
-    data_cache: dict = field(default_factory=dict)
+    data_cache: dict = field(default_factory=dict)  # loaded data sets and checked weights, by config
 
 
 def pending(store: Store, variants: list[Variant], retry_failed: bool = False) -> list[Variant]:
@@ -52,8 +52,9 @@ def pending(store: Store, variants: list[Variant], retry_failed: bool = False) -
 def preflight(variants: list[Variant], hooks: Hooks) -> None:
     """Fail before any training if weights or data are missing (WeightsError / DataError)."""
     for weights in dict.fromkeys(v.config.model.weights for v in variants):
-        if weights != "none":
+        if weights != "none" and ("weights", weights) not in hooks.data_cache:
             build_backbone(weights)
+            hooks.data_cache["weights", weights] = True
     for cfg in dict.fromkeys(v.config.data for v in variants):
         load_data(cfg, hooks)
 

@@ -41,6 +41,7 @@ class Outcome:
     best_epoch: int  # the epoch whose weights produced test_logits
     seconds: float
     feature_cache: str  # 'off' (backbone runs every epoch), 'computed' or 'hit'
+    model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -186,7 +187,7 @@ def fit(cfg: RunConfig, data: Dataset, device: torch.device, *, checkpoint: Path
 
     net.load_state_dict(best["state"])
     test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype)
-    return Outcome(history, test_logits.cpu().numpy(), best["epoch"], time.perf_counter() - started, cache_state)
+    return Outcome(history, test_logits.cpu().numpy(), best["epoch"], time.perf_counter() - started, cache_state, model)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

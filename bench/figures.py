@@ -1,0 +1,106 @@
+"""Figures for `bench report`, each saved as PNG (for the markdown page) and PDF (for LaTeX).
+
+Figures are drawn on their own Agg canvas (no pyplot), so nothing depends on a display or
+leaks global state between reports.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+EXTENSIONS = {"md": "png", "tex": "pdf"}
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in sorted(formats):
+        path = stem.with_suffix("." + EXTENSIONS[fmt])
+        # No creation date in the PDF: the same results give the same file.
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "tex" else None)
+        paths.append(path)
+    return paths
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def confusion(matrix: np.ndarray, classes: list[str], title: str, stem: Path, formats: set[str]) -> list[Path]:
+    """Confusion matrix normalised per true class: row i shows where class i's images went."""
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = max(4.5, 0.5 * len(classes) + 2)
+    fig = new_figure(size + 1, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    if len(classes) <= 15:  # beyond that the numbers no longer fit in their cells
+        for (i, j), v in np.ndenumerate(rows):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
+    return save(fig, stem, formats)
+
+
+def learning_curves(curves: dict[str, pd.DataFrame], stem: Path, formats: set[str]) -> list[Path]:
+    """Train/val loss and accuracy per epoch, one line per variant (mean over its seeds)."""
+    fig = new_figure(11, 7.5)
+    axes = fig.subplots(2, 2, sharex=True)
+    panels = [("train_loss", "train loss"), ("val_loss", "validation loss"),
+              ("train_acc", "train accuracy"), ("val_acc", "validation accuracy")]
+    colors = matplotlib.colormaps["tab10"].colors  # ten colours, then the next line style
+    for k, (name, history) in enumerate(curves.items()):
+        style = dict(color=colors[k % len(colors)], linestyle=LINESTYLES[(k // len(colors)) % len(LINESTYLES)],
+                     marker="o" if len(history) < 15 else None, markersize=3)
+        for ax, (column, _) in zip(axes.flat, panels):
+            ax.plot(history["epoch"], history[column], label=name, **style)
+    for ax, (_, label) in zip(axes.flat, panels):
+        ax.set(title=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(4, len(curves)),
+               fontsize=8)
+    return save(fig, stem, formats)
+
+
+def accuracy_vs_time(points: pd.DataFrame, stem: Path, formats: set[str]) -> list[Path]:
+    """Test accuracy against training time per variant; the line joins the recipes that no
+    faster recipe beats (which recipe buys accuracy cheapest).
+
+    points: variant, seconds, acc, acc_std (percent), pretrained
+    """
+    points = points.sort_values("seconds")
+    fig = new_figure(8, 5.5)
+    ax = fig.add_subplot()
+    for pretrained, marker in ((True, "o"), (False, "s")):
+        sel = points[points["pretrained"] == pretrained]
+        if len(sel):
+            ax.errorbar(sel["seconds"], sel["acc"], yerr=sel["acc_std"].fillna(0), fmt=marker, capsize=3,
+                        mfc="C0" if pretrained else "none", color="C0" if pretrained else "C3",
+                        label="ImageNet-pretrained" if pretrained else "random init")
+    frontier = points[points["acc"] >= points["acc"].cummax()]
+    ax.step(frontier["seconds"], frontier["acc"], where="post", color="0.5", linewidth=1, zorder=0,
+            label="best accuracy for the time")
+    for _, p in points.iterrows():
+        ax.annotate(p["variant"], (p["seconds"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    positive = points["seconds"][points["seconds"] > 0]
+    if len(positive) and positive.max() / positive.min() > 20:
+        ax.set_xscale("log")
+    ax.set(xlabel="training time per run (s)", ylabel="test accuracy (%)",
+           title="test accuracy against training time (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return save(fig, stem, formats)

@@ -1,0 +1,149 @@
+import hashlib
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import data
+from bench.config import DataConfig, InputConfig
+from bench.transforms import BatchTransform, flip_crop
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def make_folder(root, per_class=(12, 4), size=8, seed=0):
+    """An image-folder tree with PNGs whose colour encodes the class, so labels can be checked."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "test"), per_class):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 50, (size, size, 3), dtype=np.uint8)
+                img[..., c] = 200 + i  # the class channel is bright
+                Image.fromarray(img).save(root / split / name / f"{i:04d}.png")
+    return root
+
+
+def test_folder_source_reads_labels_splits_and_caches(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    ds = data.load(DataConfig(source="folder", path=str(root), val_size=6))
+    assert ds.classes == CLASSES
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 6, 12)
+    assert ds.train.x.dtype == torch.uint8 and ds.train.x.shape[1:] == (3, 8, 8)
+    for split in (ds.train, ds.val, ds.test):  # every image's bright channel is its label
+        assert torch.equal(split.x.float().mean((2, 3)).argmax(1), split.y)
+    assert torch.bincount(ds.val.y).tolist() == [2, 2, 2]  # stratified
+    assert list((data.cache_root() / "decoded").glob("*.npz"))
+    again = data.load(DataConfig(source="folder", path=str(root), val_size=6))  # from the cache
+    assert torch.equal(again.train.x, ds.train.x) and torch.equal(again.val.y, ds.val.y)
+
+
+def test_folder_source_reads_a_tar_gz_like_the_shared_copy(tmp_path):
+    root = make_folder(tmp_path / "cifar10-jpeg")
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="cifar10-jpeg")
+    ds = data.load(DataConfig(source="folder", path=str(archive), val_size=3))
+    assert ds.classes == CLASSES and len(ds.test) == 12
+    assert torch.equal(ds.test.x.float().mean((2, 3)).argmax(1), ds.test.y)
+
+
+def test_validation_split_depends_on_split_seed_only(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    a = data.load(DataConfig(source="folder", path=str(root), val_size=6, split_seed=0))
+    b = data.load(DataConfig(source="folder", path=str(root), val_size=6, split_seed=0, limit_train=12))
+    c = data.load(DataConfig(source="folder", path=str(root), val_size=6, split_seed=1))
+    assert torch.equal(a.val.x, b.val.x)  # limiting the training set leaves validation alone
+    assert len(b.train) == 12 and torch.bincount(b.train.y).tolist() == [4, 4, 4]
+    assert not torch.equal(a.val.x, c.val.x)
+    # no image is in two splits
+    flat = lambda s: {bytes(img.numpy()) for img in s.x}
+    assert not flat(a.train) & flat(a.val)
+
+
+def test_folder_errors_name_the_path_and_the_fix(tmp_path):
+    with pytest.raises(data.DataError, match=r"data.path .*nowhere does not exist.*--data-dir"):
+        data.load(DataConfig(source="folder", path=str(tmp_path / "nowhere")))
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(data.DataError, match=r"has no train/ folder"):
+        data.load(DataConfig(source="folder", path=str(tmp_path / "flat")))
+    root = make_folder(tmp_path / "bad")
+    (root / "train" / "dog" / "0001.png").write_bytes(b"not an image")
+    with pytest.raises(data.DataError, match=r"cannot decode image .*dog/0001.png"):
+        data.load(DataConfig(source="folder", path=str(root), val_size=3))
+    assert not list((data.cache_root() / "decoded").glob("*.tmp*"))  # nothing half-written
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(data.DataError, match=r"cannot extract .*broken.tar.gz"):
+        data.load(DataConfig(source="folder", path=str(tmp_path / "broken.tar.gz")))
+    with pytest.raises(data.DataError, match=r"val_size=100 leaves too few training images"):
+        data.load(DataConfig(source="folder", path=str(make_folder(tmp_path / "small")), val_size=100))
+
+
+def test_digits_source_ships_offline():
+    ds = data.load(DataConfig(source="digits", val_size=100))
+    assert ds.classes == [str(i) for i in range(10)]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (1247, 100, 450)
+    assert ds.train.x.shape[1:] == (3, 8, 8) and ds.train.x.max() == 255
+
+
+def write_fake_cifar(root, n_train=60, n_test=20):
+    """cifar-10-batches-py as torchvision reads it: pickled dicts of flat uint8 rows."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    files = {}
+    for name, n in [*(("data_batch_%d" % i, n_train // 5) for i in range(1, 6)), ("test_batch", n_test)]:
+        labels = [i % 10 for i in range(n)]
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": labels}
+        (folder / name).write_bytes(pickle.dumps(batch))
+        files[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    files["batches.meta"] = hashlib.md5((folder / "batches.meta").read_bytes()).hexdigest()
+    return files
+
+
+def test_official_cifar10_reader_offline(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    files = write_fake_cifar(tmp_path)
+    # torchvision checks the md5 of each file: point its lists at this test's files
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", files[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", files["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": files["batches.meta"]})
+    ds = data.load(DataConfig(source="cifar10", path=str(tmp_path), download=False, val_size=10))
+    assert ds.classes[0] == "airplane" and (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 20)
+    assert ds.train.x.shape[1:] == (3, 32, 32)
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes())
+    first = torch.from_numpy(raw["data"][0].reshape(3, 32, 32))
+    assert torch.equal(ds.test.x[0], first) and ds.test.y[0] == 0
+
+
+def test_official_cifar10_missing_offline_says_where_and_how(tmp_path):
+    with pytest.raises(data.DataError, match=r"official CIFAR-10 not found under .*cifar-10-batches-py.*--data-dir"):
+        data.load(DataConfig(source="cifar10", path=str(tmp_path), download=False))
+
+
+def test_flip_crop_moves_pixels_without_inventing_them():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8).repeat(64, 1, 1, 1)
+    out = flip_crop(x, pad=2)
+    assert out.shape == x.shape
+    # the centre 4x4 of each crop is a translated (maybe flipped) window of the original image
+    assert set(out[:, :, 2:6, 2:6].unique().tolist()) <= set(x.unique().tolist())
+    assert len({tuple(o.flatten().tolist()) for o in out}) > 10  # images are augmented independently
+
+
+def test_batch_transform_resizes_and_normalizes():
+    x = torch.full((4, 3, 8, 8), 255, dtype=torch.uint8)
+    unit = BatchTransform(InputConfig(resolution=32, normalize="unit"), train=False)(x)
+    assert unit.shape == (4, 3, 32, 32) and torch.allclose(unit, torch.ones_like(unit))
+    imnet = BatchTransform(InputConfig(resolution=16, normalize="imagenet"), train=False)(x)
+    assert torch.allclose(imnet[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]), atol=1e-5)
+    policy = BatchTransform(InputConfig(resolution=16, augment="trivialaugment"), train=True)
+    assert policy(torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)).shape == (5, 3, 16, 16)
+    evaluation = BatchTransform(InputConfig(resolution=16, augment="flip-crop"), train=False)
+    assert evaluation.augment == "none"  # evaluation never augments

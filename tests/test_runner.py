@@ -1,0 +1,164 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from bench.cli import main
+from bench.config import load_study
+from bench.store import Store
+from conftest import TINY
+
+
+def study(write_study, name="study.yaml", **extra):
+    return write_study({"study": "tiny", "defaults": TINY, **extra}, name)
+
+
+def run_dirs(results):
+    return sorted((results / "runs").iterdir())
+
+
+def test_run_stores_every_result_and_skips_what_is_done(write_study, tmp_path, capsys):
+    path = study(write_study, ablate={"train.lr": [0.01]}, seeds=[0, 1])
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    dirs = run_dirs(results)
+    assert len(dirs) == 4
+    for d in dirs:
+        assert {p.name for p in d.iterdir()} >= {"config.json", "status.json", "metrics.json", "history.csv", "predictions.csv"}
+        assert not (d / "checkpoint.pt").exists()
+        assert json.loads((d / "status.json").read_text())["state"] == "done"
+        history = pd.read_csv(d / "history.csv")
+        assert list(history.epoch) == [1, 2] and history.val_acc.between(0, 1).all()
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["weights"] == "random init (no pretraining)" and metrics["pretrained"] is False
+        assert metrics["n_test"] == 60 and metrics["feature_cache"] in ("computed", "hit")
+    manifest = json.loads((results / "studies" / "tiny.json").read_text())
+    assert [(v["name"], v["seed"]) for v in manifest["variants"]] == [("baseline", 0), ("baseline", 1), ("lr=0.01", 0), ("lr=0.01", 1)]
+
+    mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in dirs}
+    capsys.readouterr()
+    assert main(["run", str(path), "--results", str(results)]) == 0  # nothing left to do
+    assert "skipped" in capsys.readouterr().out
+    assert {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs(results)} == mtimes
+
+    # a changed study keeps unchanged runs and adds new ones, never reusing a result
+    assert main(["run", str(path), "--results", str(results), "--set", "train.epochs=1", "--only", "baseline"]) == 0
+    assert len(run_dirs(results)) == 6
+    assert {d: (d / "metrics.json").stat().st_mtime_ns for d in dirs} == mtimes
+
+
+def test_saved_metrics_agree_with_scikit_learn_on_saved_predictions(write_study, tmp_path):
+    results = tmp_path / "results"
+    assert main(["run", str(study(write_study)), "--results", str(results)]) == 0
+    (d,) = run_dirs(results)
+    pred = pd.read_csv(d / "predictions.csv")
+    metrics = json.loads((d / "metrics.json").read_text())["test"]
+    probs = pred.filter(like="p_").to_numpy()
+    assert (probs.argmax(1) == pred.pred).all() and abs(probs.sum(1) - 1).max() < 1e-4
+    p, r, f1, _ = precision_recall_fscore_support(pred.label, pred.pred, average="macro", zero_division=0)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(pred.label, pred.pred))
+    assert (metrics["precision_macro"], metrics["recall_macro"], metrics["f1_macro"]) == pytest.approx((p, r, f1))
+    assert metrics["confusion_matrix"] == confusion_matrix(pred.label, pred.pred, labels=range(10)).tolist()
+
+
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(write_study, tmp_path, capsys):
+    nan = tmp_path / "nan.pth"
+    import torchvision
+    state = torchvision.models.resnet50().state_dict()
+    state["layer4.0.conv1.weight"].fill_(float("nan"))
+    torch.save(state, nan)
+    path = study(write_study, variants=[{"name": "broken", "set": {"model.weights": f"file:{nan}", "model.freeze": "stem-layer3"}}])
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 1
+    out = capsys.readouterr()
+    assert "loss became nan at epoch 1, step 0" in out.err
+    by_name = {json.loads((d / "config.json").read_text())["variant"]: d for d in run_dirs(results)}
+    assert json.loads((by_name["baseline"] / "status.json").read_text())["state"] == "done"
+    status = json.loads((by_name["broken"] / "status.json").read_text())
+    assert (status["state"], status["error"], status["epoch"]) == ("failed", "diverged", 1)
+    assert main(["run", str(path), "--results", str(results)]) == 1  # still failed, not retried...
+    assert json.loads((by_name["broken"] / "status.json").read_text())["finished"] == status["finished"]
+    assert main(["run", str(path), "--results", str(results), "--retry-failed", "--only", "broken"]) == 1  # ...unless asked
+
+
+def test_bad_input_exits_2_before_anything_runs(write_study, tmp_path, capsys):
+    results = tmp_path / "results"
+    path = write_study("study: s\ndefaults:\n  train: {lr: -1}\n")
+    assert main(["run", str(path), "--results", str(results)]) == 2
+    assert "train.lr: got -1" in capsys.readouterr().err
+    missing = study(write_study, "missing.yaml", defaults={**TINY, "data": {"source": "folder", "path": "nowhere"}})
+    assert main(["run", str(missing), "--results", str(results)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (results / "runs").exists()
+
+
+def test_list_shows_grid_cost_and_status(write_study, tmp_path, capsys):
+    path = study(write_study, ablate={"model.freeze": ["none"]})
+    assert main(["list", str(path), "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "freeze=none" in out and "pending" in out and "TFLOP" in out
+
+
+def test_a_run_killed_mid_way_resumes_and_matches_an_uninterrupted_one(write_study, tmp_path):
+    cfg = {**TINY, "input": {"resolution": 32}, "model": {**TINY["model"], "freeze": "stem-layer2"},
+           "data": {**TINY["data"], "limit_train": 300}, "train": {**TINY["train"], "epochs": 4}}
+    path = write_study({"study": "kill", "defaults": cfg})
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    (variant,) = load_study(path).variants
+    ckpt = Store(killed).checkpoint(variant.run_id)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), "the run never wrote an epoch checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store(killed)
+    assert store.state(variant) == "running"  # cut off: never read back as done
+    assert not (store.run_dir(variant.run_id) / "metrics.json").exists()
+
+    assert main(["run", str(path), "--results", str(killed)]) == 0  # resumes from the checkpoint
+    assert main(["run", str(path), "--results", str(clean)]) == 0
+    a, b = (Store(r).run_dir(variant.run_id) for r in (killed, clean))
+    pd.testing.assert_frame_equal(pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv"))
+    ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
+    pd.testing.assert_frame_equal(ha.drop(columns=["seconds", "train_images_per_sec"]),
+                                  hb.drop(columns=["seconds", "train_images_per_sec"]))
+
+
+def test_a_result_whose_config_differs_is_never_reused(write_study, tmp_path):
+    path = study(write_study)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    (variant,) = load_study(path).variants
+    store = Store(results)
+    assert store.state(variant) == "done"
+    cfg_file = store.run_dir(variant.run_id) / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    saved["config"]["train"]["lr"] = 0.5  # edited by hand
+    cfg_file.write_text(json.dumps(saved))
+    assert store.state(variant) is None
+    (store.run_dir(variant.run_id) / "status.json").unlink()
+    assert store.state(variant) is None
+
+
+def test_two_processes_never_train_the_same_run(write_study, tmp_path):
+    path = study(write_study)
+    (variant,) = load_study(path).variants
+    store = Store(tmp_path / "results")
+    with store.claim(variant.run_id) as mine:
+        assert mine
+        with Store(tmp_path / "results").claim(variant.run_id) as theirs:
+            assert not theirs
+        code = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
+                              capture_output=True, text=True, env=os.environ.copy())
+        assert code.returncode == 1 and "another bench process is training this run" in code.stderr
+    assert main(["run", str(path), "--results", str(store.root)]) == 0
