@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.config import ConfigError
     from bench.data import DataError
     from bench.models import WeightsError
+    from bench.results import ReportError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsError) as e:
+    except (ConfigError, DataError, WeightsError, ReportError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -58,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
                     help="run a frozen backbone every epoch instead of once (for timing comparisons)")
     sp.set_defaults(func=cmd_run)
 
+    sp = sub.add_parser("speed", help="benchmark: images/s, s/epoch, cached vs uncached frozen backbone, "
+                        "pipeline vs model-only throughput; writes a CSV and a markdown table")
+    study_args(sp)
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--out", type=Path, default=Path("reports/speed"), help="folder for speed.csv and speed.md")
+    sp.set_defaults(func=cmd_speed)
+
     sp = sub.add_parser("report", help="tables (markdown, LaTeX), figures and a report page per study")
     sp.add_argument("--results", type=Path, default=Path("results"), help="results store (default: ./results)")
     sp.add_argument("--out", type=Path, default=Path("reports"), help="where reports go (default: ./reports)")
@@ -79,6 +87,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     sp.set_defaults(func=cmd_compare)
     return p
+
+
+PROGRESS_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn())
+
+
+def pick_device(name: str):
+    import torch
+
+    from bench.config import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", ["--device cuda, but torch sees no CUDA device; use --device cpu"])
+    return torch.device(name)
 
 
 def load(args):
@@ -121,26 +145,18 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import torch
-
     from bench.runner import Hooks, pending, preflight, run_study
     from bench.store import Store
 
     study, variants = load(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        console.print("[bold red]error:[/] --device cuda, but torch sees no CUDA device; use --device cpu")
-        return EXIT_BAD_INPUT
+    device = pick_device(args.device)
     store = Store(args.results)
     hooks = Hooks()
     preflight(pending(store, variants, args.retry_failed), hooks)  # missing data or weights: stop before any run
     store.record_study(study, "bench " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:] else "bench run")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=False) as progress:
         grid = progress.add_task(f"[bold]{study.name}[/]", total=len(variants))
         bars = RunBars(progress)
 
@@ -164,32 +180,46 @@ def cmd_run(args) -> int:
     return EXIT_FAILED_RUNS if any(r.state in ("failed", "busy") for r in results) else EXIT_OK
 
 
-def cmd_report(args) -> int:
-    from bench.report import ReportError, report
+def cmd_speed(args) -> int:
+    from bench.runner import device_name
+    from bench.speed import check_targets, run_speed
 
-    try:
-        reports = report(args.results, args.out, args.study, set(filter(None, args.format.split(","))),
-                         args.baseline, args.variant)
-    except ReportError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
-    for study, written in reports:
-        for w in study.warnings:
+    _, variants = load(args)
+    device = pick_device(args.device)
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+        table = run_speed(variants, device, progress=RunBars(progress))
+    table.insert(0, "device", device_name(device))
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "speed.csv", index=False, float_format="%.4g")
+    targets = check_targets(table)
+    md = table.drop(columns=["device"]).to_markdown(index=False, floatfmt=".3g")
+    lines = [f"Device: {device_name(device)}. Command: `bench {' '.join(map(shlex.quote, sys.argv[1:]))}`", "", md, "",
+             "| target | measured | met |", "| --- | --- | --- |"] + [f"| {w} | {v} | {'yes' if ok else 'NO'} |" for w, v, ok in targets]
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    Console(width=200).print(md)
+    for what, measured, ok in targets:
+        Console().print(f"{'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: {measured}", highlight=False, soft_wrap=True)
+    console.print(f"written: {args.out / 'speed.csv'}, {args.out / 'speed.md'}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from bench.report import report
+
+    reports = report(args.results, args.out, args.study, set(filter(None, args.format.split(","))),
+                     args.baseline, args.variant)
+    for r in reports:
+        for w in r.warnings:
             console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-        pages = [p for p in written if p.name.startswith("report.")]
-        console.print(f"{study.name}: {len(written)} files in {pages[0].parent if pages else args.out}"
-                      + "".join(f"\n  {p}" for p in pages), highlight=False)
+        for page in (p for p in r.files if p.name.startswith("report.")):
+            console.print(f"{r.study}: {page}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
 def cmd_compare(args) -> int:
-    from bench.report import ReportError, compare
+    from bench.report import compare
 
-    try:
-        result = compare(args.results, args.a, args.b, args.study, resamples=args.resamples, seed=args.seed)
-    except ReportError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
+    result = compare(args.results, args.a, args.b, args.study, resamples=args.resamples, seed=args.seed)
     c = result.comparison
     table = Table(title=f"{result.study.name}: {args.a} vs {args.b} on {c.n_images:,} test images")
     for col in ("", args.a, args.b, "difference (A - B)"):
@@ -198,10 +228,10 @@ def cmd_compare(args) -> int:
     table.add_row(f"{100 * c.confidence:.0f}% bootstrap CI (points)", "", "",
                   f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}")
     table.add_row("seeds averaged", str(c.seeds_a), str(c.seeds_b), "")
-    table.add_row("right only here (first seed)", str(c.a_only), str(c.b_only), "")
+    table.add_row("only this one right (first seed)", str(c.a_only), str(c.b_only), "")
     table.add_row("McNemar exact p (two-sided)", "", "", f"{c.p_value:.3g}")
     Console().print(table)
-    Console().print(c.verdict(args.a, args.b), highlight=False)
+    Console().print(c.verdict(args.a, args.b), highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -60,6 +60,9 @@ class InputConfig(Strict):
 class HeadConfig(Strict):
     hidden: int = Field(256, ge=0)  # 0 = one linear layer on the pooled features
     dropout: float = Field(0.5, ge=0, lt=1)
+    # BatchNorm on the pooled features first (as in linear probing): centres features whose
+    # common component is large, which otherwise kills the hidden ReLUs of the lab's head.
+    norm: bool = False
 
 
 class ModelConfig(Strict):
@@ -386,7 +389,7 @@ def _describe(err: dict, loc: tuple, where: str, root: type[BaseModel] = RunConf
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _siblings(loc, root), n=1, cutoff=0.6)
-        msg = f"unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
     elif err["type"] == "literal_error":
         msg = f"got {err['input']!r}; {msg[0].lower()}{msg[1:]}"
     elif "input" in err and not isinstance(err["input"], dict):

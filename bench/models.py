@@ -59,9 +59,11 @@ def frozen_stages(freeze: str) -> list[str]:
 
 
 def build_head(cfg: HeadConfig, num_classes: int) -> nn.Module:
+    """GAP features -> [BatchNorm] -> Dense(hidden, ReLU) -> Dropout -> Dense(classes), as in the lab."""
+    layers = [nn.BatchNorm1d(FEATURES)] if cfg.norm else []
     if cfg.hidden == 0:
-        return nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(FEATURES, num_classes))
-    return nn.Sequential(nn.Linear(FEATURES, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
+        return nn.Sequential(*layers, nn.Dropout(cfg.dropout), nn.Linear(FEATURES, num_classes))
+    return nn.Sequential(*layers, nn.Linear(FEATURES, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
                          nn.Linear(cfg.hidden, num_classes))
 
 

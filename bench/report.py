@@ -10,7 +10,6 @@ or unreadable is named in a warning and left out; failed and pending runs are sh
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,118 +19,7 @@ import pandas as pd
 import yaml
 
 from bench import figures, stats
-
-
-class ReportError(Exception):
-    """A report or comparison that cannot be made; the message says how to fix it."""
-
-
-# ---- reading the store ------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    variant: str
-    seed: int
-    run_id: str
-    overrides: dict
-    state: str  # done | failed | running | pending | damaged
-    detail: str = ""
-    config: dict | None = None
-    metrics: dict | None = None
-    history: pd.DataFrame | None = None
-    predictions: pd.DataFrame | None = None
-
-    @property
-    def correct(self) -> np.ndarray:
-        return (self.predictions["pred"] == self.predictions["label"]).to_numpy()
-
-
-@dataclass
-class StudyRuns:
-    name: str
-    file: str
-    description: str
-    command: str
-    runs: list[Run]
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def variants(self) -> list[str]:
-        return list(dict.fromkeys(r.variant for r in self.runs))
-
-    def done(self, variant: str) -> list[Run]:
-        return sorted((r for r in self.runs if r.variant == variant and r.state == "done"), key=lambda r: r.seed)
-
-    def of(self, variant: str) -> list[Run]:
-        return [r for r in self.runs if r.variant == variant]
-
-
-def study_names(root: Path) -> list[str]:
-    return sorted(p.stem for p in (Path(root) / "studies").glob("*.json"))
-
-
-def load_study(root: Path, name: str) -> StudyRuns:
-    root = Path(root)
-    path = root / "studies" / f"{name}.json"
-    try:
-        spec = json.loads(path.read_text())
-        variants = spec["variants"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ReportError(f"cannot read {path} ({e}); re-run `bench run` on the study file to rewrite it") from None
-    warnings: list[str] = []
-    runs = [_read_run(root, v, warnings) for v in variants]
-    return StudyRuns(spec.get("study", name), spec.get("file", ""), spec.get("description", ""),
-                     spec.get("command", ""), runs, warnings)
-
-
-def _read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def _read_run(root: Path, v: dict, warnings: list[str]) -> Run:
-    d = root / "runs" / v["run_id"]
-    run = Run(v["name"], v["seed"], v["run_id"], v.get("overrides", {}), "pending")
-    try:
-        run.config = _read_json(d / "config.json")["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        status = _read_json(d / "status.json")
-        run.state = status["state"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return run  # never started, or killed before it wrote anything
-    if run.state == "failed":
-        run.detail = f"{status.get('error', 'failed')}: {str(status.get('detail', '')).splitlines()[0] if status.get('detail') else ''}".rstrip(": ")
-    if run.state != "done":
-        return run
-
-    def damaged(what: str, e: Exception) -> Run:
-        warnings.append(f"run {d} ({run.variant}, seed {run.seed}): {what} ({type(e).__name__}: {e}); run left out")
-        run.state, run.detail = "damaged", what
-        return run
-
-    try:
-        run.metrics = _read_json(d / "metrics.json")
-        float(run.metrics["test"]["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return damaged("metrics.json missing or unreadable", e)
-    try:
-        p = pd.read_csv(d / "predictions.csv")
-        if not {"index", "label", "pred"} <= set(p.columns) or p[["label", "pred"]].isna().any().any():
-            raise ValueError(f"columns {list(p.columns)[:5]}... or empty cells")
-        if "n_test" in run.metrics and len(p) != run.metrics["n_test"]:
-            raise ValueError(f"{len(p)} rows, metrics.json says {run.metrics['n_test']} test images")
-        run.predictions = p.sort_values("index").reset_index(drop=True)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
-        return damaged("predictions.csv missing or unreadable", e)
-    try:
-        run.history = pd.read_csv(d / "history.csv")
-        run.history["epoch"]  # noqa: B018 (a KeyError here means the file is not a history)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
-        warnings.append(f"run {d} ({run.variant}, seed {run.seed}): history.csv unreadable ({e}); "
-                        "left out of the learning curves only")
-        run.history = None
-    return run
+from bench.results import ReportError, Run, StudyRuns, load_study, study_names
 
 
 # ---- numbers ------------------------------------------------------------------------------------
@@ -198,24 +86,32 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells to mark
     notes: list[str] = field(default_factory=list)
     align: str = ""  # one of l/r per column
+    wrap: dict[int, str] = field(default_factory=dict)  # LaTeX only: column -> width of a wrapping column
 
     def markdown(self) -> str:
-        cells = [[f"**{c}**" if (i, j) in self.bold and c else c.replace("|", "\\|") for j, c in enumerate(row)]
-                 for i, row in enumerate(self.rows)]
+        escaped = [[c.replace("|", "\\|") for c in row] for row in self.rows]
+        cells = [[f"**{c}**" if (i, j) in self.bold and c else c for j, c in enumerate(row)]
+                 for i, row in enumerate(escaped)]
         colalign = ["right" if a == "r" else "left" for a in self.align]
         return pd.DataFrame(cells, columns=self.columns).to_markdown(index=False, disable_numparse=True,
                                                                      colalign=colalign)
 
     def latex(self) -> str:
-        cells = [[f"\\textbf{{{tex(c)}}}" if (i, j) in self.bold and c else tex(c) for j, c in enumerate(row)]
-                 for i, row in enumerate(self.rows)]
+        # wrapping columns may also break after "=" (long overrides such as model.freeze=stem-layer3)
+        escaped = [[tex(c).replace("=", "=\\allowbreak{}") if j in self.wrap else tex(c) for j, c in enumerate(row)]
+                   for row in self.rows]
+        cells = [[f"\\textbf{{{c}}}" if (i, j) in self.bold and c else c for j, c in enumerate(row)]
+                 for i, row in enumerate(escaped)]
+        spec = "".join(f">{{\\raggedright\\arraybackslash}}p{{{self.wrap[j]}}}" if j in self.wrap else a
+                       for j, a in enumerate(self.align))
         return pd.DataFrame(cells, columns=[tex(c) for c in self.columns]).to_latex(
-            index=False, escape=False, column_format=self.align)
+            index=False, escape=False, column_format=spec)
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-               "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "—": "---", "×": r"$\times$", "→": r"$\to$"}
+               "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "—": "---", "×": r"$\times$", "→": r"$\to$",
+               "<": r"$<$", ">": r"$>$", "|": r"$|$", "“": "``", "”": "''"}
 
 
 def tex(text: str) -> str:
@@ -288,7 +184,17 @@ def results_table(study: StudyRuns, baseline: str | None) -> Table:
             bold |= {(i, 3 + j) for i in np.flatnonzero(np.isclose(col, best))}
     return Table("results", "Results per variant: mean ± std over its finished seeds (sample std); "
                  "macro-averaged precision, recall and F1 on the test set; best value per column in bold.",
-                 columns, rows, bold, align="lll" + "r" * len(METRICS))
+                 columns, rows, bold, notes=[n for n in [cache_note(study)] if n],
+                 align="lll" + "r" * len(METRICS), wrap={0: "2.8cm", 1: "3.2cm", 2: "2.4cm"})
+
+
+def cache_note(study: StudyRuns) -> str | None:
+    """Runs that found their frozen-backbone features cached were timed without the backbone."""
+    cached = [v for v in study.variants if any(r.metrics.get("feature_cache") == "hit" for r in study.done(v))]
+    if cached:
+        return (f"Training time of {', '.join(cached)} leaves out the frozen backbone's pass over the images: "
+                "those runs reused features from the feature cache.")
+    return None
 
 
 def check_same_test_set(a: Run, b: Run) -> str | None:
@@ -318,7 +224,8 @@ def paired(study: StudyRuns, a: str, b: str, **kw) -> stats.Comparison:
 
 
 def effects_table(study: StudyRuns, baseline: str) -> Table:
-    columns = ["variant", "what differs", "Δ test acc (points)", "95% CI (points)", "images won / lost",
+    ci = f"{100 * stats.CONFIDENCE:.0f}%"
+    columns = ["variant", "what differs", "Δ test acc (points)", f"{ci} CI (points)", "images won / lost",
                "McNemar p", "seeds"]
     rows, bold = [], set()
     for v in study.variants:
@@ -338,11 +245,11 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
         rows.append(head + [f"{100 * c.diff:+.2f}", f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}",
                             f"{c.a_only} / {c.b_only}", fmt_p(c.p_value), f"{c.seeds_a} vs {c.seeds_b}"])
     return Table("effects", f"Change in test accuracy against '{baseline}', paired on the same test images. "
-                 "Δ and its 95% bootstrap interval (2,000 resamples of the test images) use each image's "
-                 "correctness averaged over a variant's seeds. Won / lost: test images the variant gets right "
-                 "and the baseline wrong, and the reverse; they and McNemar's exact two-sided p-value compare "
-                 "the first seed's run of each. Bold: interval excludes 0 and p < 0.05.",
-                 columns, rows, bold, align="llrrrrr")
+                 f"Δ and its {ci} bootstrap interval ({stats.RESAMPLES:,} resamples of the test images) use "
+                 "each image's correctness averaged over a variant's seeds. Won / lost: test images the variant "
+                 "gets right and the baseline wrong, and the reverse; they and McNemar's exact two-sided p-value "
+                 "compare the first seed's run of each. Bold: interval excludes 0 and p < 0.05.",
+                 columns, rows, bold, align="llrrrrr", wrap={0: "2.8cm", 1: "3.2cm", 6: "2.4cm"})
 
 
 def per_class_table(study: StudyRuns, variant: str) -> Table:
@@ -382,17 +289,18 @@ def references_table(study: StudyRuns) -> Table:
                  rng["test"], "", lab["where"] or "page not available"])
     for kind, variant in best_by_kind(study).items():
         runs = study.done(variant)
-        cell = lambda get: fmt_mean_std([100 * get(r.metrics) for r in runs], 2)  # noqa: E731
+        train, val, test = ([100 * v for v in values] for values in zip(
+            *[(r.metrics["final_train_acc"], r.metrics["final_val_acc"], r.metrics["test"]["accuracy"]) for r in runs]))
         rows.append(["this study", f"best {kind}: {label(study, variant)}", runs[0].metrics.get("dataset", ""),
-                     cell(lambda m: m["final_train_acc"]), cell(lambda m: m["final_val_acc"]),
-                     cell(lambda m: m["test"]["accuracy"]), "", "results table"])
+                     fmt_mean_std(train, 2), fmt_mean_std(val, 2), fmt_mean_std(test, 2), "", "results table"])
     notes = ["Paper CVPR page numbers are derived from the arXiv v1 layout and not checked against the "
              "proceedings (see bench/references.yaml); the lab report gives ranges.",
              "This study: train and validation accuracy at the last epoch (as Keras prints them), test accuracy "
              "of the selected epoch; mean ± std over seeds."]
     return Table("references", "This study beside He et al. (CVPR 2016) and the lab report. "
                  + paper["citation"], ["source", "model / recipe", "evaluated on", "train acc (%)", "val acc (%)",
-                                        "test acc (%)", "error (%)", "where"], rows, notes=notes, align="lllrrrrl")
+                                        "test acc (%)", "error (%)", "where"], rows, notes=notes, align="lllrrrrl",
+                 wrap={1: "4.5cm", 2: "3.2cm", 5: "2.4cm", 6: "2.4cm", 7: "2.2cm"})
 
 
 def best_by_kind(study: StudyRuns) -> dict[str, str]:
@@ -442,7 +350,7 @@ def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -
                            "acc": acc_mean, "acc_std": acc_std, "pretrained": not is_random_init(study, v)})
     figures.accuracy_vs_time(pd.DataFrame(points), out / "accuracy_vs_time", formats)
     made["accuracy_vs_time"] = ("Test accuracy against training time per run; the grey line joins the "
-                                "recipes that no faster recipe beats.")
+                                "recipes that no faster recipe beats. " + (cache_note(study) or "")).strip()
     return made
 
 
@@ -540,7 +448,8 @@ def page_markdown(study: StudyRuns, tables: list[Table], captions: dict[str, str
     if warning := random_init_warning(study):
         lines += [f"> **⚠ {warning}**", ""]
     lines += ["## How these numbers were made", ""]
-    lines += [f"- **{k}:** `{v}`" if k in ("Command", "Study file") else f"- **{k}:** {v}" for k, v in provenance(study)]
+    lines += [f"- **{k}:** `{v}`" if k in ("Command", "Study file") else f"- **{k}:** {v}"
+              for k, v in provenance(study)]
     lines.append("")
     for t in tables:
         lines += [f"## {SECTIONS[t.name]}", "", t.caption, "", t.markdown(), ""]
@@ -558,10 +467,11 @@ def page_markdown(study: StudyRuns, tables: list[Table], captions: dict[str, str
 
 def page_latex(study: StudyRuns, tables: list[Table], captions: dict[str, str], variant: str | None) -> str:
     body = [r"\documentclass[10pt]{article}", r"\usepackage[margin=2cm]{geometry}",
-            r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage[T1]{fontenc}",
+            r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage{array}", r"\usepackage{float}",
             # scale a table down to the text width only when it is wider than that
             r"\newcommand{\fitwidth}[1]{\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{#1}}",
-            f"\\title{{{tex(study.name)}}}", r"\author{}", r"\date{}", r"\begin{document}", r"\maketitle", tex(study.description), ""]
+            f"\\title{{{tex(study.name)}}}", r"\author{}", r"\date{}", r"\begin{document}", r"\maketitle",
+            tex(study.description), ""]
     if warning := random_init_warning(study):
         body += [r"\medskip\noindent\fbox{\parbox{\dimexpr\linewidth-2\fboxsep-2\fboxrule}{\textbf{"
                  + tex(warning) + "}}}", ""]
@@ -570,12 +480,12 @@ def page_latex(study: StudyRuns, tables: list[Table], captions: dict[str, str], 
              for k, v in provenance(study)]
     body += [r"\end{itemize}", ""]
     for t in tables:
-        body += [f"\\section*{{{tex(SECTIONS[t.name])}}}", r"\begin{table}[ht]", r"\centering",
+        body += [f"\\section*{{{tex(SECTIONS[t.name])}}}", r"\begin{table}[H]", r"\centering",
                  f"\\caption{{{tex(t.caption)}}}", f"\\fitwidth{{\\input{{tables/{t.name}.tex}}}}"]
         body += [f"\\par\\smallskip{{\\footnotesize {tex(n)}}}" for n in t.notes]
         body += [r"\end{table}", ""]
     for name, caption in captions.items():
-        body += [r"\begin{figure}[ht]", r"\centering",
+        body += [r"\begin{figure}[H]", r"\centering",
                  f"\\includegraphics[width=\\linewidth,height=0.8\\textheight,keepaspectratio]{{figures/{name}.pdf}}",
                  f"\\caption{{{tex(caption)}}}", r"\end{figure}", ""]
     if study.warnings:
@@ -593,14 +503,30 @@ def _unknown_variant(study: StudyRuns, name: str, what: str = "variant") -> str:
     return f"{what} '{name}' is not in study '{study.name}'{hint}; its variants are: {', '.join(study.variants)}"
 
 
+@dataclass
+class Written:
+    study: str
+    files: list[Path]
+    warnings: list[str]
+
+
 def report(root: Path, out: Path, study: str | None = None, formats: set[str] = frozenset({"md", "tex"}),
-           baseline: str | None = None, variant: str | None = None) -> list[tuple[StudyRuns, list[Path]]]:
-    """Report one study, or every study in the store."""
+           baseline: str | None = None, variant: str | None = None) -> list[Written]:
+    """Report one study, or every study in the store. With several studies, one that cannot be
+    reported (unreadable file, no such --variant) is skipped with a warning instead of stopping the rest."""
     names = _studies(root)
     if study is not None and study not in names:
         raise ReportError(f"no study '{study}' in {Path(root) / 'studies'}; studies there: {', '.join(names)}")
-    return [(s := load_study(root, name), write_report(s, out, set(formats), baseline, variant))
-            for name in ([study] if study else names)]
+    written = []
+    for name in [study] if study else names:
+        try:
+            runs = load_study(root, name)
+            written.append(Written(name, write_report(runs, out, set(formats), baseline, variant), runs.warnings))
+        except ReportError as e:
+            if study or len(names) == 1:
+                raise
+            written.append(Written(name, [], [f"study {name} skipped: {e}"]))
+    return written
 
 
 def _studies(root: Path) -> list[str]:
@@ -621,13 +547,15 @@ class Paired:
 
 def compare(root: Path, a: str, b: str, study: str | None = None, **kw) -> Paired:
     """`bench compare A B`: find the study holding both variants, check their runs, test."""
+    if kw.get("resamples", stats.RESAMPLES) < 100:
+        raise ReportError(f"--resamples {kw['resamples']}: use at least 100 (2,000 is the default)")
     names = _studies(root)
     if study is not None:
         if study not in names:
             raise ReportError(f"no study '{study}' in {Path(root) / 'studies'}; studies there: {', '.join(names)}")
         runs = load_study(root, study)
     else:
-        holding = [s for s in map(lambda n: load_study(root, n), names) if {a, b} <= set(s.variants)]
+        holding = [s for s in (load_study(root, n) for n in names) if {a, b} <= set(s.variants)]
         if len(holding) > 1:
             raise ReportError(f"'{a}' and '{b}' are both in studies {', '.join(s.name for s in holding)}; "
                               "pass --study NAME")

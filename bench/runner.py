@@ -97,7 +97,7 @@ def run_one(study: Study, v: Variant, store: Store, device: torch.device, hooks:
         except Diverged as e:
             store.fail(v, "diverged", str(e), epoch=e.epoch, step=e.step)
             return RunResult(v, "failed", error=str(e))
-        except torch.OutOfMemoryError as e:
+        except (torch.OutOfMemoryError, MemoryError) as e:  # GPU or host
             msg = f"out of memory: {e}. Try a smaller train.batch_size or input.resolution"
             store.fail(v, "out of memory", msg)
             return RunResult(v, "failed", error=msg)

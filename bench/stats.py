@@ -45,7 +45,7 @@ class Comparison:
         if self.ci_high < 0 and self.p_value < alpha:
             return f"{a} is worse than {b}: {100 * self.diff:+.2f} points ({ci}, McNemar p={self.p_value:.2g})"
         return (f"no clear difference between {a} and {b}: {100 * self.diff:+.2f} points ({ci}, "
-                f"McNemar p={self.p_value:.2g}); more test images or seeds would be needed to tell them apart")
+                f"McNemar p={self.p_value:.2g}); this test set does not separate them")
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:

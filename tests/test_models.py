@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from bench import data, train
-from bench.config import DataConfig, RunConfig
+from bench.config import RunConfig
 from bench.models import WeightsError, build_backbone, build_model, frozen_stages, hub_file
 from conftest import TINY
 

@@ -162,3 +162,44 @@ def test_two_processes_never_train_the_same_run(write_study, tmp_path):
                               capture_output=True, text=True, env=os.environ.copy())
         assert code.returncode == 1 and "another bench process is training this run" in code.stderr
     assert main(["run", str(path), "--results", str(store.root)]) == 0
+
+
+def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
+    cfg = {**TINY, "input": {"resolution": 32}, "model": {**TINY["model"], "freeze": "stem-layer2"},
+           "data": {**TINY["data"], "limit_train": 300}, "train": {**TINY["train"], "epochs": 6}}
+    path = write_study({"study": "term", "defaults": cfg})
+    (variant,) = load_study(path).variants
+    store = Store(tmp_path / "results")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 120
+    while not store.checkpoint(variant.run_id).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - t0 < 30
+    assert "interrupted" in err
+    assert store.state(variant) == "running" and store.checkpoint(variant.run_id).exists()
+    done_epochs = torch.load(store.checkpoint(variant.run_id), weights_only=False)["history"]
+    assert 1 <= len(done_epochs) < 6
+    # the next run picks up after the last finished epoch: those epochs are not trained again
+    assert main(["run", str(path), "--results", str(store.root)]) == 0
+    history = pd.read_csv(store.run_dir(variant.run_id) / "history.csv")
+    assert list(history.epoch) == [1, 2, 3, 4, 5, 6]
+    assert history.seconds[:len(done_epochs)].tolist() == pytest.approx([h["seconds"] for h in done_epochs])
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   MemoryError("host")])
+def test_out_of_memory_is_recorded_with_a_hint(write_study, tmp_path, monkeypatch, error):
+    import bench.runner
+
+    def oom(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(bench.runner, "fit", oom)
+    results = tmp_path / "results"
+    assert main(["run", str(study(write_study, ablate={"train.lr": [0.01]})), "--results", str(results)]) == 1
+    statuses = [json.loads((d / "status.json").read_text()) for d in run_dirs(results)]
+    assert len(statuses) == 2 and all(s["state"] == "failed" and s["error"] == "out of memory" for s in statuses)
+    assert "smaller train.batch_size" in statuses[0]["detail"]

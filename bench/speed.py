@@ -1,0 +1,147 @@
+"""`bench speed`: where the time goes, measured side by side in one process on one machine.
+
+For every variant: wall time, seconds per epoch, train and eval images per second, peak memory.
+For frozen variants also: the full path (backbone every epoch) vs the feature cache (backbone
+once), a second variant reusing the cached features, and one bare forward pass of the backbone
+over the same images. For trainable variants: the model-only throughput of the same network
+on synthetic tensors, timed as timm's `benchmark.py --bench train` does (warm-up, then
+forward + backward + optimizer step), so the data pipeline's cost shows as the gap.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bench import data as data_mod
+from bench import features, train
+from bench.config import Variant
+from bench.models import build_model
+from bench.transforms import BatchTransform
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (Linux VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, warmup: int = 5) -> float:
+    """Images/s of forward + backward + step on random tensors already on the device."""
+    cfg = v.config
+    model = build_model(cfg.model, 10).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = train.make_optimizer(cfg.train, [p for p in model.parameters() if p.requires_grad])
+    dtype = train.autocast_dtype(cfg.train, device)
+    bs, r = cfg.train.batch_size, cfg.input.resolution
+    x = torch.randn(bs, 3, r, r, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (bs,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    _, seconds = timed(lambda: [step() for _ in range(steps)], device)
+    return steps * bs / seconds
+
+
+def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
+    """One forward pass of the backbone over every image of the three splits."""
+    cfg = v.config
+    model = build_model(cfg.model, len(ds.classes)).to(device)
+    transform = BatchTransform(cfg.input, train=False)
+    dtype = train.autocast_dtype(cfg.train, device)
+    _, seconds = timed(lambda: [features.embed(model.backbone, getattr(ds, s).x, transform, max(256, cfg.train.batch_size),
+                                               device, dtype) for s in ("train", "val", "test")], device)
+    return seconds
+
+
+def run_speed(variants: list[Variant], device: torch.device, progress=None) -> pd.DataFrame:
+    rows = []
+    datasets: dict = {}
+    old_cache = os.environ.get("BENCH_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in variants:
+            cfg = v.config
+            if cfg.data not in datasets:
+                datasets[cfg.data] = data_mod.load(cfg.data)  # decoded once, outside the timings
+            ds = datasets[cfg.data]
+            # features are computed fresh for each variant's first timing: a cold feature cache
+            os.environ["BENCH_CACHE"] = str(Path(tmp) / v.run_id)
+            out, seconds = timed(lambda: train.fit(cfg, ds, device, progress=progress), device)
+            h = pd.DataFrame(out.history)
+            n_eval = len(ds.val)
+            train_s = len(ds.train) / h.train_images_per_sec
+            row = {"variant": v.name, "seed": v.seed, "freeze": cfg.model.freeze, "augment": cfg.input.augment,
+                   "resolution": cfg.input.resolution, "batch": cfg.train.batch_size, "epochs": cfg.train.epochs,
+                   "n_train": len(ds.train), "n_val": n_eval, "n_test": len(ds.test),
+                   "feature_cache": out.feature_cache, "wall_s": seconds,
+                   "s_per_epoch": h.seconds.mean(), "train_img_s": h.train_images_per_sec.mean(),
+                   "eval_img_s": n_eval / max(1e-9, (h.seconds - train_s).mean())}
+            if features.cacheable(cfg):
+                _, row["cached_again_s"] = timed(lambda: train.fit(cfg, ds, device), device)  # a twin on the same features
+                _, row["uncached_s"] = timed(lambda: train.fit(cfg, ds, device, feature_cache=False, progress=progress), device)
+                row["forward_pass_s"] = backbone_forward_seconds(v, ds, device)
+                row["uncached_over_cached"] = row["uncached_s"] / seconds
+                row["cached_over_forward"] = seconds / row["forward_pass_s"]
+                row["second_over_first"] = row["cached_again_s"] / seconds
+            else:
+                row["model_only_train_img_s"] = model_only_train_rate(v, device)
+                row["pipeline_over_model_only"] = row["train_img_s"] / row["model_only_train_img_s"]
+            row["peak_rss_mb"] = peak_rss_mb()
+            rows.append(row)
+    if old_cache is None:
+        os.environ.pop("BENCH_CACHE", None)
+    else:
+        os.environ["BENCH_CACHE"] = old_cache
+    return pd.DataFrame(rows)
+
+
+# The issue's targets, checked on the measured rows: (column, comparison, bound, what it means)
+TARGETS = [
+    ("uncached_over_cached", ">=", 4.0, "feature cache: >= 4x less wall time than the backbone every epoch"),
+    ("cached_over_forward", "<=", 1.2, "feature cache: <= 1.2x one forward pass of the backbone over all images"),
+    ("second_over_first", "<", 0.05, "a second frozen variant on cached features: < 5% of the first"),
+    ("pipeline_over_model_only", ">=", 1.0, "fine-tuning: >= the model-only throughput on synthetic tensors"),
+]
+
+
+def check_targets(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """(what, measured values, met?) for every target that the measured variants cover."""
+    out = []
+    for col, op, bound, what in TARGETS:
+        if col not in table or table[col].isna().all():
+            continue
+        vals = table[col].dropna()
+        ok = bool((vals >= bound).all() if op == ">=" else (vals <= bound).all() if op == "<=" else (vals < bound).all())
+        out.append((what, ", ".join(f"{x:.3g}" for x in vals), ok))
+    return out

@@ -1,0 +1,238 @@
+import json
+import os
+import re
+import shutil
+import subprocess
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import report, results
+from bench.cli import main
+from bench.metrics import classification_metrics
+from bench.stats import mcnemar_exact
+from conftest import TINY
+
+CLASSES = ["cat", "dog", "frog"]
+N_TEST = 300
+LABELS = np.random.default_rng(123).integers(0, 3, N_TEST)
+
+
+def write_run(root, run_id, variant, seed, p_correct, *, freeze="backbone", weights="torchvision:IMAGENET1K_V1",
+              labels=LABELS, limit_test=None, seconds=100.0, lr=0.001):
+    """A finished run folder in the store's format, with metrics computed from its predictions."""
+    d = root / "runs" / run_id
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(zlib.crc32(f"{variant}/{seed}".encode()))
+    right = rng.random(len(labels)) < p_correct
+    pred = np.where(right, labels, (labels + 1) % 3)
+    config = {"data": {"source": "cifar10", "path": None, "limit_test": limit_test, "split_seed": 0},
+              "model": {"weights": weights, "freeze": freeze}, "train": {"lr": lr}, "seed": seed}
+    (d / "config.json").write_text(json.dumps({"run_id": run_id, "variant": variant, "seed": seed, "config": config}))
+    probs = np.eye(3)[pred]
+    predictions = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "pred": pred})
+    for i, c in enumerate(CLASSES):
+        predictions[f"p_{c}"] = probs[:, i]
+    predictions.to_csv(d / "predictions.csv", index=False)
+    pd.DataFrame({"epoch": [1, 2], "lr": 1e-3, "train_loss": [1.0, 0.5], "train_acc": [0.5, p_correct],
+                  "val_loss": [1.1, 0.6], "val_acc": [0.45, p_correct - 0.01], "seconds": seconds / 2,
+                  "train_images_per_sec": 1000.0}).to_csv(d / "history.csv", index=False)
+    metrics = {"test": classification_metrics(labels, pred, CLASSES), "best_epoch": 2, "best_val_acc": p_correct - 0.01,
+               "final_train_acc": p_correct + 0.02, "final_val_acc": p_correct - 0.01, "epochs": 2,
+               "train_seconds": seconds + seed, "train_images_per_sec": 1000.0 - seed, "feature_cache": "on",
+               "weights": "random init (no pretraining)" if weights == "none" else f"pretrained ({weights})",
+               "pretrained": weights != "none", "dataset": "CIFAR-10 (test fixture)", "n_train": 45000,
+               "n_val": 5000, "n_test": len(labels), "device": "CPU (test)", "precision": "fp32",
+               "versions": {"python": "3.11", "torch": "2.x"}}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "status.json").write_text(json.dumps({"state": "done"}))
+    return d
+
+
+def write_study(root, name, variants, command="bench run ablations.yaml"):
+    (root / "studies").mkdir(parents=True, exist_ok=True)
+    (root / "studies" / f"{name}.json").write_text(json.dumps({
+        "study": name, "file": f"{name}.yaml", "description": "a test study", "command": command,
+        "variants": [{"name": n, "seed": s, "run_id": r, "overrides": o} for n, s, r, o in variants]}))
+
+
+@pytest.fixture
+def store(tmp_path):
+    """baseline and two ablations x 3 seeds, plus a failed, a pending and a damaged variant."""
+    root = tmp_path / "results"
+    variants = []
+    for name, p, freeze, overrides in (("baseline", 0.80, "backbone", {}),
+                                       ("freeze=none", 0.90, "none", {"model.freeze": "none"}),
+                                       ("lr=0.01", 0.70, "backbone", {"train.lr": 0.01})):
+        for seed in range(3):
+            run_id = f"{name.replace('=', '-').replace('.', '')}-{seed}"
+            write_run(root, run_id, name, seed, p + 0.01 * seed, freeze=freeze, lr=overrides.get("train.lr", 0.001),
+                      seconds=300.0 if freeze == "none" else 100.0)
+            variants.append((name, seed, run_id, overrides))
+    failed = root / "runs" / "failed-0"
+    failed.mkdir(parents=True)
+    (failed / "status.json").write_text(json.dumps({"state": "failed", "error": "diverged",
+                                                    "detail": "loss is nan at epoch 1"}))
+    damaged = write_run(root, "damaged-0", "broken", 0, 0.99)
+    (damaged / "metrics.json").write_text("{ not json")
+    truncated = write_run(root, "truncated-0", "cut", 0, 0.99)
+    lines = (truncated / "predictions.csv").read_text().splitlines()
+    (truncated / "predictions.csv").write_text("\n".join(lines[:50]))  # a copy cut off mid-way
+    variants += [("diverges", 0, "failed-0", {"train.lr": 10}), ("later", 0, "pending-0", {"train.epochs": 99}),
+                 ("broken", 0, "damaged-0", {"train.epochs": 3}), ("cut", 0, "truncated-0", {"train.epochs": 4})]
+    write_study(root, "ablations", variants)
+    return root
+
+
+def metrics_of(root, run_ids):
+    return [json.loads((root / "runs" / r / "metrics.json").read_text()) for r in run_ids]
+
+
+def md_row(text, variant):
+    line = next(l for l in text.splitlines() if l.startswith(f"| {variant} "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_tables_match_the_stored_metrics(store, tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert main(["report", "--results", str(store), "--out", str(out)]) == 0
+    results = (out / "ablations" / "tables" / "results.md").read_text()
+    header = md_row(results, "variant")
+    for name, stem, best in (("baseline", "baseline", False), ("freeze=none", "freeze-none", True)):
+        row = dict(zip(header, md_row(results, name)))
+        ms = metrics_of(store, [f"{stem}-{s}" for s in range(3)])
+        acc = 100 * np.array([m["test"]["accuracy"] for m in ms])
+        f1 = 100 * np.array([m["test"]["f1_macro"] for m in ms])
+        expected = f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}"
+        assert row["test acc (%)"] == (f"**{expected}**" if best else expected)
+        assert row["F1 (%)"].strip("*") == f"{f1.mean():.2f} ± {f1.std(ddof=1):.2f}"
+        assert row["runs"] == "3 done"
+    assert dict(zip(header, md_row(results, "freeze=none")))["what differs"] == "model.freeze=none"
+    # the fastest variant's time is the bold one
+    assert dict(zip(header, md_row(results, "baseline")))["train time (s)"].startswith("**")
+    # failed, pending and damaged variants are listed, not dropped
+    assert md_row(results, "diverges")[2] == "failed: diverged: loss is nan at epoch 1"
+    assert md_row(results, "later")[2] == "1 pending"
+    assert md_row(results, "broken")[2:4] == ["damaged: metrics.json missing or unreadable", "—"]
+    assert md_row(results, "cut")[2] == "damaged: predictions.csv missing or unreadable"
+    err = capsys.readouterr().err
+    assert "damaged-0" in err and "metrics.json missing or unreadable" in err
+    assert "truncated-0" in err and "49 rows, but metrics.json says 300 test images" in err
+    assert "damaged-0" in (out / "ablations" / "report.md").read_text()  # and on the page
+
+
+def test_effects_table_is_paired_on_the_same_images(store, tmp_path):
+    study = results.load_study(store, "ablations")
+    table = report.effects_table(study, "baseline")
+    row = dict(zip(table.columns, next(r for r in table.rows if r[0] == "lr=0.01")))
+    base = [pd.read_csv(store / "runs" / f"baseline-{s}" / "predictions.csv") for s in range(3)]
+    var = [pd.read_csv(store / "runs" / f"lr-001-{s}" / "predictions.csv") for s in range(3)]
+    acc = lambda p: (p.pred == p.label).mean()  # noqa: E731
+    diff = 100 * (np.mean([acc(p) for p in var]) - np.mean([acc(p) for p in base]))
+    assert row["Δ test acc (points)"] == f"{diff:+.2f}"
+    low, high = (float(x) for x in row["95% CI (points)"].split(" to "))
+    assert low <= diff <= high and high - low > 1  # 300 images cannot pin a difference to a point
+    won = int(((var[0].pred == var[0].label) & (base[0].pred != base[0].label)).sum())
+    lost = int(((var[0].pred != var[0].label) & (base[0].pred == base[0].label)).sum())
+    assert row["images won / lost"] == f"{won} / {lost}"
+    assert float(row["McNemar p"]) == pytest.approx(mcnemar_exact(won, lost), rel=0.05)  # printed to 2 digits
+    i = next(i for i, r in enumerate(table.rows) if r[0] == "lr=0.01")
+    assert float(row["McNemar p"]) < 0.05 and high < 0 and (i, 2) in table.bold  # clearly worse: in bold
+    assert {r[0] for r in table.rows} == {"freeze=none", "lr=0.01", "diverges", "later", "broken", "cut"}
+
+
+def test_per_class_table_and_references_use_the_best_variants(store):
+    study = results.load_study(store, "ablations")
+    assert report.best_variant(study) == "freeze=none"
+    table = report.per_class_table(study, "freeze=none")
+    ms = metrics_of(store, [f"freeze-none-{s}" for s in range(3)])
+    recall_dog = 100 * np.array([m["test"]["per_class"][1]["recall"] for m in ms])
+    dog = dict(zip(table.columns, table.rows[1]))
+    assert dog["class"] == "dog" and dog["recall (%)"] == f"{recall_dog.mean():.2f} ± {recall_dog.std(ddof=1):.2f}"
+    assert dog["support"] == str(int((LABELS == 1).sum()))
+    assert report.best_by_kind(study) == {"frozen": "baseline", "fine-tuned": "freeze=none"}
+    refs = report.references_table(study)
+    lab = next(r for r in refs.rows if r[0] == "Lab report")
+    assert lab[3:6] == ["80–85", "75–82", "78–85"]  # ranges, as the lab report gives them
+    r50 = next(r for r in refs.rows if r[1].startswith("ResNet-50") and "10-crop" in r[2])
+    assert r50[6] == "22.85 top-1 / 6.71 top-5" and r50[7] == "Table 3, p. 775"
+    ours = [r for r in refs.rows if r[0] == "this study"]
+    assert [r[1] for r in ours] == ["best frozen: baseline", "best fine-tuned: freeze=none"]
+
+
+def test_report_page_links_figures_and_states_provenance(store, tmp_path):
+    out = tmp_path / "reports"
+    assert main(["report", "--results", str(store), "--out", str(out), "--format", "md",
+                 "--variant", "lr=0.01"]) == 0
+    page = (out / "ablations" / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+    assert sorted(links) == ["figures/accuracy_vs_time.png", "figures/confusion.png", "figures/learning_curves.png"]
+    for link in links:
+        assert (out / "ablations" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "`bench run ablations.yaml`" in page and "CIFAR-10 (test fixture)" in page and "CPU (test)" in page
+    assert "Per-class test metrics of 'lr=0.01'" in page
+    assert "RANDOM INITIALISATION" not in page  # every run here is pretrained
+    assert not list(out.rglob("*.tex")) and not list(out.rglob("*.pdf"))  # --format md only
+
+
+# CI installs TeX (.ci/run) and must never skip this; elsewhere it runs when pdflatex is there.
+@pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"), reason="pdflatex not installed (see .ci/run)")
+def test_latex_report_compiles(store, tmp_path):
+    out = tmp_path / "reports"
+    assert main(["report", "--results", str(store), "--out", str(out), "--format", "tex"]) == 0
+    folder = out / "ablations"
+    assert (folder / "figures" / "confusion.pdf").read_bytes()[:5] == b"%PDF-"
+    assert r"\toprule" in (folder / "tables" / "results.tex").read_text()
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=folder,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (folder / "report.pdf").stat().st_size > 10_000
+
+
+def test_compare_errors_name_the_fix(store, tmp_path, capsys):
+    def err(*argv):
+        assert main(["compare", *argv, "--results", str(store)]) == 2
+        return capsys.readouterr().err.replace("\n", " ")
+
+    assert "did you mean 'baseline'" in err("baselin", "lr=0.01") and "freeze=none" in err("x", "lr=0.01")
+    msg = err("baseline", "diverges")
+    assert "no finished run (failed: diverged" in msg and "--retry-failed" in msg
+    write_run(store, "other-0", "fewer-images", 0, 0.8, labels=LABELS[:200], limit_test=200)
+    study = json.loads((store / "studies" / "ablations.json").read_text())
+    study["variants"].append({"name": "fewer-images", "seed": 0, "run_id": "other-0", "overrides": {}})
+    (store / "studies" / "ablations.json").write_text(json.dumps(study))
+    assert "different test images (data.limit_test None vs 200" in err("baseline", "fewer-images")
+    assert main(["report", "--results", str(store), "--out", str(tmp_path / "r"), "--format", "nope"]) == 2
+    assert "unknown --format nope" in capsys.readouterr().err
+
+
+def test_one_unreadable_study_does_not_stop_the_others(store, tmp_path, capsys):
+    (store / "studies" / "zzz.json").write_text("not json")
+    assert main(["report", "--results", str(store), "--out", str(tmp_path / "r"), "--format", "md"]) == 0
+    assert "study zzz skipped" in capsys.readouterr().err
+    assert (tmp_path / "r" / "ablations" / "report.md").exists()
+    assert main(["report", "--results", str(tmp_path / "empty")]) == 2
+    assert "bench run STUDY.yaml" in capsys.readouterr().err
+
+
+def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
+    """Tiny real runs (random init, digits at 16 px): the store the pipeline writes is what report reads."""
+    path = write_study({"study": "tiny", "defaults": TINY, "ablate": {"train.lr": [0.01]}})
+    results, out = tmp_path / "results", tmp_path / "reports"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    capsys.readouterr()
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    page = (out / "tiny" / "report.md").read_text()
+    assert "RANDOM INITIALISATION" in page and "baseline [random init]" in page
+    assert main(["compare", "lr=0.01", "baseline", "--results", str(results)]) == 0
+    printed = capsys.readouterr().out
+    spec = json.loads((results / "studies" / "tiny.json").read_text())
+    accs = {}
+    for v in spec["variants"]:
+        m = json.loads((results / "runs" / v["run_id"] / "metrics.json").read_text())
+        accs.setdefault(v["name"], []).append(m["test"]["accuracy"])
+    for name in ("lr=0.01", "baseline"):
+        assert f"{100 * np.mean(accs[name]):.2f}" in printed
+    assert "McNemar" in printed and "60 test images" in printed
