@@ -57,6 +57,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--retry-failed", action="store_true", help="also re-run variants that failed before")
     sp.add_argument("--no-feature-cache", action="store_true",
                     help="run a frozen backbone every epoch instead of once (for timing comparisons)")
+    sp.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="local launcher: train N variants at once in worker processes, worker i on GPU i (default: 1)")
+    sp.add_argument("--launcher", default="local", choices=["local", "ray"],
+                    help="ray: one Ray task per variant, anywhere on a cluster; --results must then be a path "
+                    "every node sees (needs pip install -e '.[ray]')")
+    sp.add_argument("--address", metavar="ADDR", help="Ray cluster to join, e.g. auto (default: start one on "
+                    "this machine)")
+    sp.add_argument("--gpus-per-run", type=float, metavar="G", help="Ray: GPUs per variant (default: 1 if the "
+                    "cluster has GPUs, else 0)")
+    sp.add_argument("--cpus-per-run", type=int, default=1, metavar="C", help="Ray: CPU cores per variant (default: 1)")
+    sp.add_argument("--max-retries", type=int, default=2, metavar="R", help="Ray: retries of a variant whose worker "
+                    "died, each resuming from its last epoch, before it is recorded as failed (default: 2)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("speed", help="benchmark: images/s, s/epoch, cached vs uncached frozen backbone, "
@@ -76,6 +88,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--variant", metavar="NAME", help="variant for the per-class table and confusion matrix "
                     "(default: best mean test accuracy)")
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("verify", help="recompute every finished run's test metrics with scikit-learn from its "
+                        "saved predictions and compare with metrics.json")
+    sp.add_argument("--results", type=Path, default=Path("results"), help="results store (default: ./results)")
+    sp.add_argument("--study", metavar="NAME", help="one study (default: every study in the store)")
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("compare", help="is variant A really better than B on the test set? "
                         "(McNemar's exact test, paired bootstrap)")
@@ -145,6 +163,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from bench import launch
     from bench.runner import Hooks, pending, preflight, run_study
     from bench.store import Store
 
@@ -172,8 +191,14 @@ def cmd_run(args) -> int:
                 console.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
 
         hooks.progress, hooks.run_started, hooks.run_ended = bars, started, ended
-        results = run_study(study, variants, store, device, retry_failed=args.retry_failed,
-                            feature_cache=not args.no_feature_cache, hooks=hooks)
+        common = dict(retry_failed=args.retry_failed, feature_cache=not args.no_feature_cache, hooks=hooks)
+        if args.launcher == "ray":
+            results = launch.run_ray(study, variants, store, address=args.address, gpus_per_run=args.gpus_per_run,
+                                     cpus_per_run=args.cpus_per_run, max_retries=args.max_retries, **common)
+        elif args.parallel > 1:
+            results = launch.run_parallel(study, variants, store, device, args.parallel, **common)
+        else:
+            results = run_study(study, variants, store, device, **common)
         progress.update(grid, completed=len(variants))
         bars.clear()
     summary(results)
@@ -214,6 +239,22 @@ def cmd_report(args) -> int:
         for page in (p for p in r.files if p.name.startswith("report.")):
             console.print(f"{r.study}: {page}", highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from bench.results import load_study, study_names, verify
+
+    bad = 0
+    for name in [args.study] if args.study else study_names(args.results):
+        checked = verify(load_study(args.results, name))
+        worst = max((d for _, d in checked), default=0.0)
+        bad += sum(d > 1e-9 for _, d in checked)
+        for run, d in checked:
+            if d > 1e-9:
+                console.print(f"[red]{name}: {run.variant} (seed {run.seed}, {run.run_id}) differs by {d:.3g}[/]")
+        Console().print(f"{name}: {len(checked)} finished runs recomputed with scikit-learn from predictions.csv; "
+                        f"largest difference from metrics.json {worst:.2g}", highlight=False, soft_wrap=True)
+    return EXIT_FAILED_RUNS if bad else EXIT_OK
 
 
 def cmd_compare(args) -> int:

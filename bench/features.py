@@ -37,15 +37,17 @@ def cache_key(cfg: RunConfig, dtype: torch.dtype | None) -> str:
 
 
 @torch.no_grad()
-def embed(backbone: torch.nn.Module, x: torch.Tensor, transform: BatchTransform, batch_size: int,
-          device: torch.device, dtype: torch.dtype | None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Pooled features of uint8 images `x`, in float32, on `device`."""
-    backbone.eval()
+def predict(net: torch.nn.Module, x: torch.Tensor, transform: BatchTransform | None, batch_size: int,
+            device: torch.device, dtype: torch.dtype | None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
+    """`net` in eval mode over every row of `x` (uint8 images, or features when `transform` is None),
+    in order; float32 outputs on `device`."""
+    net.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        batch = transform(x[i:i + batch_size].to(device, non_blocking=True))
+        batch = x[i:i + batch_size].to(device, non_blocking=True)
+        batch = transform(batch) if transform else batch
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(backbone(batch).float())
+            out.append(net(batch).float())
         if advance:
             advance(len(batch))
     return torch.cat(out)
@@ -65,7 +67,7 @@ def split_features(backbone: torch.nn.Module, data: Dataset, cfg: RunConfig, dev
     transform = BatchTransform(cfg.input, train=False)
     total = len(data.train) + len(data.val) + len(data.test)
     advance = progress("backbone features (computed once, then cached)", total) if progress else None
-    feats = {s: embed(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
+    feats = {s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
              for s in ("train", "val", "test")}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:

@@ -132,3 +132,20 @@ def _read_run(root: Path, v: dict, warnings: list[str]) -> Run:
                         "left out of the learning curves only")
         run.history = None
     return run
+
+
+def verify(study: StudyRuns) -> list[tuple[Run, float]]:
+    """Recompute each finished run's test metrics with scikit-learn straight from predictions.csv,
+    independently of the code that trained it; return (run, largest absolute difference)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    out = []
+    for run in (r for r in study.runs if r.state == "done"):
+        y, p, saved = run.predictions["label"], run.predictions["pred"], run.metrics["test"]
+        labels = range(len(saved["per_class"]))
+        prec, rec, f1, _ = precision_recall_fscore_support(y, p, labels=labels, average="macro", zero_division=0)
+        diffs = [abs(saved["accuracy"] - accuracy_score(y, p)), abs(saved["precision_macro"] - prec),
+                 abs(saved["recall_macro"] - rec), abs(saved["f1_macro"] - f1),
+                 float(np.abs(np.array(saved["confusion_matrix"]) - confusion_matrix(y, p, labels=labels)).max())]
+        out.append((run, max(diffs)))
+    return out

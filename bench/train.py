@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import features
+from bench.features import predict
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset
 from bench.models import build_model
@@ -75,22 +76,6 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         progress = (step - warmup) / max(1, cfg.epochs * steps_per_epoch - warmup)
         return 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
-
-
-@torch.no_grad()
-def predict(net: torch.nn.Module, x: torch.Tensor, transform, batch_size: int, device: torch.device,
-            dtype: torch.dtype | None, advance=None) -> torch.Tensor:
-    """Logits (float32) for every row of `x`, in order, in eval mode."""
-    net.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        batch = x[i:i + batch_size].to(device, non_blocking=True)
-        batch = transform(batch) if transform else batch
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(net(batch).float())
-        if advance:
-            advance(len(batch))
-    return torch.cat(out)
 
 
 def fit(cfg: RunConfig, data: Dataset, device: torch.device, *, checkpoint: Path | None = None,

@@ -66,6 +66,12 @@ def test_saved_metrics_agree_with_scikit_learn_on_saved_predictions(write_study,
     assert metrics["accuracy"] == pytest.approx(accuracy_score(pred.label, pred.pred))
     assert (metrics["precision_macro"], metrics["recall_macro"], metrics["f1_macro"]) == pytest.approx((p, r, f1))
     assert metrics["confusion_matrix"] == confusion_matrix(pred.label, pred.pred, labels=range(10)).tolist()
+    # `bench verify` does the same recomputation for a whole store, and catches a tampered file
+    assert main(["verify", "--results", str(results)]) == 0
+    saved = json.loads((d / "metrics.json").read_text())
+    saved["test"]["accuracy"] += 0.01
+    (d / "metrics.json").write_text(json.dumps(saved))
+    assert main(["verify", "--results", str(results)]) == 1
 
 
 def test_a_failing_run_is_recorded_and_the_grid_goes_on(write_study, tmp_path, capsys):
@@ -107,8 +113,7 @@ def test_list_shows_grid_cost_and_status(write_study, tmp_path, capsys):
 
 
 def test_a_run_killed_mid_way_resumes_and_matches_an_uninterrupted_one(write_study, tmp_path):
-    cfg = {**TINY, "input": {"resolution": 32}, "model": {**TINY["model"], "freeze": "stem-layer2"},
-           "data": {**TINY["data"], "limit_train": 300}, "train": {**TINY["train"], "epochs": 4}}
+    cfg = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}, "train": {**TINY["train"], "epochs": 8}}
     path = write_study({"study": "kill", "defaults": cfg})
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(killed)],
@@ -165,8 +170,7 @@ def test_two_processes_never_train_the_same_run(write_study, tmp_path):
 
 
 def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
-    cfg = {**TINY, "input": {"resolution": 32}, "model": {**TINY["model"], "freeze": "stem-layer2"},
-           "data": {**TINY["data"], "limit_train": 300}, "train": {**TINY["train"], "epochs": 6}}
+    cfg = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}, "train": {**TINY["train"], "epochs": 6}}
     path = write_study({"study": "term", "defaults": cfg})
     (variant,) = load_study(path).variants
     store = Store(tmp_path / "results")

@@ -33,7 +33,8 @@ def test_lr_schedules():
     assert train.lr_factor(cos, 40, steps) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_feature_cache_gives_the_same_run_as_the_full_path():
+def test_feature_cache_gives_the_same_run_as_the_full_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))  # a cold cache, whatever ran before
     cfg = tiny()
     ds = data.load(cfg.data)
     full = train.fit(cfg, ds, torch.device("cpu"), feature_cache=False)
