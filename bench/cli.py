@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, WeightsError, ReportError) as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # '[ray]' is text
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished runs are kept; the cut-off run resumes from its "
@@ -171,6 +172,8 @@ def cmd_run(args) -> int:
     device = pick_device(args.device)
     store = Store(args.results)
     hooks = Hooks()
+    if args.launcher == "ray":
+        launch.require_ray()  # not installed: stop before anything is written
     preflight(pending(store, variants, args.retry_failed), hooks)  # missing data or weights: stop before any run
     store.record_study(study, "bench " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:] else "bench run")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
@@ -186,7 +189,7 @@ def cmd_run(args) -> int:
         def ended(r):
             progress.advance(grid)
             if r.state == "failed":
-                console.print(f"[red]  failed:[/] {r.error.splitlines()[0]}", highlight=False, soft_wrap=True)
+                console.print(f"[red]  failed:[/] {escape(r.error.splitlines()[0])}", highlight=False, soft_wrap=True)
             elif r.state == "done":
                 console.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
 
@@ -235,7 +238,7 @@ def cmd_report(args) -> int:
                      args.baseline, args.variant)
     for r in reports:
         for w in r.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
         for page in (p for p in r.files if p.name.startswith("report.")):
             console.print(f"{r.study}: {page}", highlight=False, soft_wrap=True)
     return EXIT_OK
@@ -309,7 +312,7 @@ def summary(results) -> None:
     Console().print(table)
     for r in results:
         if r.state in ("failed", "busy"):
-            console.print(f"[red]{r.variant.name} (seed {r.variant.seed}):[/] {r.error}", highlight=False, soft_wrap=True)
+            console.print(f"[red]{escape(r.variant.name)} (seed {r.variant.seed}):[/] {escape(r.error)}", highlight=False, soft_wrap=True)
 
 
 def _raise_interrupt(signum, frame):

@@ -15,31 +15,17 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from rich.markup import escape
 
 from bench.config import ConfigError, Study, Variant
-from bench.runner import Hooks, RunResult, pending, preflight, run_one
+from bench.runner import Hooks, RunResult, collect, pending, preflight, run_one
 from bench.store import Store
 
 
 class LaunchError(ConfigError):
     """A launcher that cannot start (Ray missing, more GPUs asked than the cluster has): exit 2."""
 
-    def __str__(self) -> str:  # cli.main prints errors as rich markup, where "[ray]" would vanish
-        return escape("; ".join(self.problems))
-
-
-def collect(store: Store, variants: list[Variant], finished: dict[int, RunResult]) -> list[RunResult]:
-    """One result per variant, in study order, as runner.run_study reports them; `finished` holds
-    the runs trained here by id(variant), so a twin config under another name reads 'skipped'."""
-    results = []
-    for v in variants:
-        if id(v) in finished:
-            results.append(finished[id(v)])
-        else:  # done already, a twin of a run trained here, or failed before (see --retry-failed)
-            failed = store.state(v) == "failed"
-            results.append(RunResult(v, "failed" if failed else "skipped", error="failed in an earlier bench run" if failed else None))
-    return results
+    def __str__(self) -> str:
+        return "; ".join(self.problems)
 
 
 # ---- local: one worker process per GPU -----------------------------------------------------
@@ -108,6 +94,14 @@ def _train_ray(study: Study, v: Variant, root: str, feature_cache: bool, threads
     return run_one(study, v, Store(root), device, hooks, feature_cache)
 
 
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise LaunchError("--launcher", ["--launcher ray needs Ray, an optional extra: pip install -e '.[ray]'"]) from None
+    return ray
+
+
 def run_ray(study: Study, variants: list[Variant], store: Store, *, address: str | None = None,
             gpus_per_run: float | None = None, cpus_per_run: int = 1, max_retries: int = 2,
             hooks: Hooks | None = None, retry_failed: bool = False, feature_cache: bool = True) -> list[RunResult]:
@@ -116,10 +110,7 @@ def run_ray(study: Study, variants: list[Variant], store: Store, *, address: str
     A task whose worker dies is retried up to `max_retries` times (resuming from the run's
     epoch checkpoint); after that the run is recorded as failed and the others go on.
     """
-    try:
-        import ray
-    except ImportError:
-        raise LaunchError("--launcher", ["--launcher ray needs Ray, an optional extra: pip install -e '.[ray]'"]) from None
+    ray = require_ray()
     hooks = hooks or Hooks()
     todo = pending(store, variants, retry_failed)
     preflight(todo, hooks)

@@ -70,12 +70,21 @@ def run_study(study: Study, variants: list[Variant], store: Store, device: torch
     hooks = hooks or Hooks()
     todo = pending(store, variants, retry_failed)
     preflight(todo, hooks)
+    finished: dict[int, RunResult] = {}
+    for v in todo:
+        finished[id(v)] = run_one(study, v, store, device, hooks, feature_cache)
+        hooks.run_ended(finished[id(v)])
+    return collect(store, variants, finished)
+
+
+def collect(store: Store, variants: list[Variant], finished: dict[int, RunResult]) -> list[RunResult]:
+    """One result per variant, in study order; `finished` holds the runs trained in this call by
+    id(variant), so a twin config under another name reads 'skipped'."""
     results = []
     for v in variants:
-        if v in todo:
-            results.append(run_one(study, v, store, device, hooks, feature_cache))
-            hooks.run_ended(results[-1])
-        else:  # done already, a twin of a run trained above, or failed before (see --retry-failed)
+        if id(v) in finished:
+            results.append(finished[id(v)])
+        else:  # done already, a twin of a run trained here, or failed before (see --retry-failed)
             failed = store.state(v) == "failed"
             results.append(RunResult(v, "failed" if failed else "skipped", error="failed in an earlier bench run" if failed else None))
     return results

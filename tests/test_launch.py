@@ -97,7 +97,7 @@ def test_launcher_ray_without_ray_says_how_to_install_it(write_study, tmp_path, 
     path = write_study({"study": "noray", "defaults": TINY})
     assert main(["run", str(path), "--results", str(tmp_path / "r"), "--launcher", "ray"]) == 2
     assert "pip install -e '.[ray]'" in capsys.readouterr().err
-    assert not (tmp_path / "r" / "runs").exists()
+    assert not (tmp_path / "r").exists()
 
 
 @needs_ray
