@@ -115,12 +115,12 @@ PROGRESS_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteC
 def pick_device(name: str):
     import torch
 
-    from bench.config import ConfigError
+    from bench.config import UsageError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device", ["--device cuda, but torch sees no CUDA device; use --device cpu"])
+        raise UsageError("--device", ["--device cuda, but torch sees no CUDA device; use --device cpu"])
     return torch.device(name)
 
 

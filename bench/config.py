@@ -166,6 +166,13 @@ class ConfigError(Exception):
         return f"invalid study file {self.path}:\n" + "\n".join(f"  - {p}" for p in self.problems)
 
 
+class UsageError(ConfigError):
+    """A command-line option that cannot work (the study file itself is fine); `path` names the option."""
+
+    def __str__(self) -> str:
+        return "; ".join(self.problems)
+
+
 # ---- YAML with line numbers --------------------------------------------------------------
 
 def _line_index(node, prefix=(), out=None) -> dict[tuple, int]:

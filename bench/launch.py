@@ -16,16 +16,13 @@ from pathlib import Path
 
 import torch
 
-from bench.config import ConfigError, Study, Variant
+from bench.config import Study, UsageError, Variant
 from bench.runner import Hooks, RunResult, collect, pending, preflight, run_one
 from bench.store import Store
 
 
-class LaunchError(ConfigError):
+class LaunchError(UsageError):
     """A launcher that cannot start (Ray missing, more GPUs asked than the cluster has): exit 2."""
-
-    def __str__(self) -> str:
-        return "; ".join(self.problems)
 
 
 # ---- local: one worker process per GPU -----------------------------------------------------

@@ -102,6 +102,10 @@ def test_bad_input_exits_2_before_anything_runs(write_study, tmp_path, capsys):
     missing = study(write_study, "missing.yaml", defaults={**TINY, "data": {"source": "folder", "path": "nowhere"}})
     assert main(["run", str(missing), "--results", str(results)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # an impossible option is named as such, not blamed on the study file
+        assert main(["run", str(missing), "--results", str(results), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda, but torch sees no CUDA device" in err and "invalid study file" not in err
     assert not (results / "runs").exists()
 
 
