@@ -7,6 +7,7 @@ Three sources, all ending as (N, 3, H, W) uint8 tensors and int64 labels:
   digits   scikit-learn's 8x8 digits (ships with the package), so a demo runs fully offline
 Resizing, normalization and augmentation happen later, batched on the device (transforms.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,21 +57,31 @@ def load(cfg: DataConfig) -> Dataset:
     reader = {"cifar10": _cifar10, "folder": _folder, "digits": _digits}[cfg.source]
     (x_train, y_train), (x_test, y_test), classes, description = reader(cfg)
     if cfg.val_size >= len(y_train) - len(classes):
-        raise DataError(f"data.val_size={cfg.val_size} leaves too few training images: the {cfg.source} "
-                        f"training set has {len(y_train)}; choose a smaller data.val_size")
+        raise DataError(
+            f"data.val_size={cfg.val_size} leaves too few training images: the {cfg.source} "
+            f"training set has {len(y_train)}; choose a smaller data.val_size"
+        )
     # The split depends on split_seed only, so every variant and seed is selected on the same images.
-    idx_train, idx_val = train_test_split(np.arange(len(y_train)), test_size=cfg.val_size,
-                                          stratify=y_train, random_state=cfg.split_seed)
+    idx_train, idx_val = train_test_split(
+        np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
+    )
     idx_train = _limit(idx_train, y_train, cfg.limit_train, cfg.split_seed)
     idx_test = _limit(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
 
     def split(x, y, idx):
         idx = np.sort(idx)
-        return Split(torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2))),
-                     torch.from_numpy(y[idx].astype(np.int64)))
+        return Split(
+            torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2))),
+            torch.from_numpy(y[idx].astype(np.int64)),
+        )
 
-    return Dataset(split(x_train, y_train, idx_train), split(x_train, y_train, idx_val),
-                   split(x_test, y_test, idx_test), classes, description)
+    return Dataset(
+        split(x_train, y_train, idx_train),
+        split(x_train, y_train, idx_val),
+        split(x_test, y_test, idx_test),
+        classes,
+        description,
+    )
 
 
 def _limit(idx: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -81,6 +92,7 @@ def _limit(idx: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> np.n
 
 
 # ---- sources: each returns (train, test, classes, description) with NHWC uint8 images ---------
+
 
 def _cifar10(cfg: DataConfig):
     from torchvision.datasets import CIFAR10
@@ -93,11 +105,16 @@ def _cifar10(cfg: DataConfig):
         raise DataError(
             f"official CIFAR-10 not found under {root / 'cifar-10-batches-py'}"
             + (" and the download failed" if cfg.download else " (data.download is false)")
-            + f" ({type(e).__name__}: {e}). Fix: put the extracted cifar-10-python.tar.gz there or pass "
-            "--data-dir DIR holding cifar-10-batches-py/, or use `data.source: folder` with "
-            "`data.path: ../shared/data/cifar10-jpeg.tar.gz`") from None
-    return ((train.data, np.asarray(train.targets)), (test.data, np.asarray(test.targets)),
-            list(train.classes), "CIFAR-10, official release (torchvision)")
+            + f" ({type(e).__name__}: {e}). Fix: extract cifar-10-python.tar.gz there, or set data.path to "
+            "the folder holding cifar-10-batches-py/, or use data.source: folder with data.path set to an "
+            "image-folder copy of CIFAR-10 (a tree or its .tar.gz)"
+        ) from None
+    return (
+        (train.data, np.asarray(train.targets)),
+        (test.data, np.asarray(test.targets)),
+        list(train.classes),
+        "CIFAR-10, official release (torchvision)",
+    )
 
 
 def _digits(cfg: DataConfig):
@@ -107,16 +124,22 @@ def _digits(cfg: DataConfig):
     # 8x8 grey levels 0..16 -> RGB uint8; transforms.py resizes them like any other image.
     x = np.repeat((d.images * (255 / 16)).round().astype(np.uint8)[..., None], 3, axis=-1)
     x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.25, stratify=d.target, random_state=0)
-    return (x_tr, y_tr), (x_te, y_te), [str(c) for c in d.target_names], \
-        "scikit-learn digits (8x8, 1,797 images), a small offline demo set"
+    return (
+        (x_tr, y_tr),
+        (x_te, y_te),
+        [str(c) for c in d.target_names],
+        "scikit-learn digits (8x8, 1,797 images), a small offline demo set",
+    )
 
 
 def _folder(cfg: DataConfig):
     root = _extracted(Path(cfg.path))
     for part in ("train", "test"):
         if not (root / part).is_dir():
-            raise DataError(f"{root} has no {part}/ folder: data.source 'folder' needs "
-                            f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
+            raise DataError(
+                f"{root} has no {part}/ folder: data.source 'folder' needs "
+                f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+            )
     cache = cache_root() / "decoded" / f"{_fingerprint(root)}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
@@ -139,8 +162,9 @@ def _extracted(path: Path) -> Path:
     if path.is_dir():
         return path
     if not path.is_file():
-        raise DataError(f"data.path {path} does not exist: give an image-folder tree with train/ and test/ "
-                        "or its .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz), or pass --data-dir")
+        raise DataError(
+            f"data.path {path} does not exist: set it to an image-folder tree with train/ and test/, or to its .tar.gz"
+        )
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     dest = cache_root() / "extracted" / key
@@ -152,8 +176,10 @@ def _extracted(path: Path) -> Path:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"cannot extract {path}: {e}. Is it a complete .tar.gz? Re-copy it, or point "
-                            "data.path at an extracted folder") from None
+            raise DataError(
+                f"cannot extract {path}: {e}. Is it a complete .tar.gz? Re-copy it, or point "
+                "data.path at an extracted folder"
+            ) from None
         try:
             os.replace(tmp, dest)  # atomic: a cut-off extraction never looks complete
         except OSError:  # another process finished the same extraction first
@@ -174,7 +200,7 @@ def _fingerprint(root: Path) -> str:
 
 def _decode_tree(split_dir: Path):
     from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset, find_classes
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     classes, class_to_idx = find_classes(str(split_dir))
     samples = make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS)
@@ -193,6 +219,8 @@ def _decode_tree(split_dir: Path):
         images = list(pool.map(decode, samples, chunksize=256))
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise DataError(f"images under {split_dir} have different sizes {sorted(shapes)[:4]}; "
-                        "bench expects one size per data set (resize them once beforehand)")
+        raise DataError(
+            f"images under {split_dir} have different sizes {sorted(shapes)[:4]}; "
+            "bench expects one size per data set (resize them once beforehand)"
+        )
     return np.stack(images), np.array([t for _, t in samples], dtype=np.int64), classes

@@ -5,19 +5,20 @@ push the same images through the same function. So the pooled 2048-d features of
 are computed once per (weights, resolution, normalization, data, precision), kept on disk,
 and the head trains on them. Every variant and epoch that shares those settings reuses them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from bench.config import RunConfig
-from bench.data import Dataset, cache_root
+from bench.data import Dataset
+from bench.device import autocast
+from bench.files import atomic_save
 from bench.transforms import BatchTransform
 
 
@@ -26,8 +27,13 @@ def cacheable(cfg: RunConfig) -> bool:
 
 
 def cache_key(cfg: RunConfig, dtype: torch.dtype | None) -> str:
-    what = {"arch": cfg.model.arch, "weights": cfg.model.weights, "input": cfg.input.model_dump(mode="json"),
-            "data": cfg.data.model_dump(mode="json"), "dtype": str(dtype)}
+    what = {
+        "arch": cfg.model.arch,
+        "weights": cfg.model.weights,
+        "input": cfg.input.model_dump(mode="json"),
+        "data": cfg.data.model_dump(mode="json"),
+        "dtype": str(dtype),
+    }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
         what["seed"] = cfg.seed
     elif cfg.model.weights.startswith("file:"):  # a rewritten checkpoint must not hit old features
@@ -37,26 +43,41 @@ def cache_key(cfg: RunConfig, dtype: torch.dtype | None) -> str:
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, x: torch.Tensor, transform: BatchTransform | None, batch_size: int,
-            device: torch.device, dtype: torch.dtype | None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
+def predict(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    transform: BatchTransform | None,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    advance: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """`net` in eval mode over every row of `x` (uint8 images, or features when `transform` is None),
     in order; float32 outputs on `device`."""
     net.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        batch = x[i:i + batch_size].to(device, non_blocking=True)
+        batch = x[i : i + batch_size].to(device, non_blocking=True)
         batch = transform(batch) if transform else batch
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             out.append(net(batch).float())
         if advance:
             advance(len(batch))
     return torch.cat(out)
 
 
-def split_features(backbone: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device,
-                   dtype: torch.dtype | None, batch_size: int, progress=None) -> tuple[dict[str, torch.Tensor], bool]:
-    """{'train'|'val'|'test': (N, 2048) features} from the disk cache or computed now; and whether it hit."""
-    path = cache_root() / "features" / f"{cache_key(cfg, dtype)}.pt"
+def split_features(
+    backbone: torch.nn.Module,
+    data: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    batch_size: int,
+    cache_dir: Path,
+    progress=None,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """{'train'|'val'|'test': (N, 2048) features} from `cache_dir` or computed now; and whether it hit."""
+    path = cache_dir / f"{cache_key(cfg, dtype)}.pt"
     if path.exists():
         try:
             feats = torch.load(path, map_location=device, weights_only=True)
@@ -67,10 +88,9 @@ def split_features(backbone: torch.nn.Module, data: Dataset, cfg: RunConfig, dev
     transform = BatchTransform(cfg.input, train=False)
     total = len(data.train) + len(data.val) + len(data.test)
     advance = progress("backbone features (computed once, then cached)", total) if progress else None
-    feats = {s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
-             for s in ("train", "val", "test")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        torch.save({k: v.cpu() for k, v in feats.items()}, f)
-    os.replace(f.name, path)
+    feats = {
+        s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
+        for s in ("train", "val", "test")
+    }
+    atomic_save(path, lambda f: torch.save({k: v.cpu() for k, v in feats.items()}, f))
     return feats, False

@@ -1,4 +1,5 @@
 """Classification metrics, all from scikit-learn, as plain JSON-ready values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "precision_macro": float(p),
         "recall_macro": float(r),
         "f1_macro": float(f1),
-        "per_class": [{"class": c, "precision": float(a), "recall": float(b), "f1": float(d), "support": int(s)}
-                      for c, a, b, d, s in zip(classes, pc, rc, f1c, support)],
+        "per_class": [
+            {"class": c, "precision": float(a), "recall": float(b), "f1": float(d), "support": int(s)}
+            for c, a, b, d, s in zip(classes, pc, rc, f1c, support)
+        ],
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }

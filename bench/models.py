@@ -4,6 +4,7 @@ Weights come through the libraries' own loaders (torchvision weight enums, timm 
 tags) or from a local state-dict file. A frozen stage has requires_grad=False *and* stays in
 eval mode, so its BatchNorm running statistics never move: frozen means bit-identical.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,13 @@ from torch import nn
 from bench.config import STAGES, HeadConfig, ModelConfig
 
 FEATURES = 2048  # ResNet-50's pooled feature width
-STAGE_MODULES = {"stem": ("conv1", "bn1"), "layer1": ("layer1",), "layer2": ("layer2",),
-                 "layer3": ("layer3",), "layer4": ("layer4",)}
+STAGE_MODULES = {
+    "stem": ("conv1", "bn1"),
+    "layer1": ("layer1",),
+    "layer2": ("layer2",),
+    "layer3": ("layer3",),
+    "layer4": ("layer4",),
+}
 
 
 class WeightsError(Exception):
@@ -33,10 +39,6 @@ class Classifier(nn.Module):
         self.frozen = frozen  # backbone submodule names that never train
         for name in frozen:
             self.backbone.get_submodule(name).requires_grad_(False)
-
-    @property
-    def backbone_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.backbone.parameters())
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -63,8 +65,13 @@ def build_head(cfg: HeadConfig, num_classes: int) -> nn.Module:
     layers = [nn.BatchNorm1d(FEATURES)] if cfg.norm else []
     if cfg.hidden == 0:
         return nn.Sequential(*layers, nn.Dropout(cfg.dropout), nn.Linear(FEATURES, num_classes))
-    return nn.Sequential(*layers, nn.Linear(FEATURES, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
-                         nn.Linear(cfg.hidden, num_classes))
+    return nn.Sequential(
+        *layers,
+        nn.Linear(FEATURES, cfg.hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(cfg.hidden, num_classes),
+    )
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
@@ -95,7 +102,9 @@ def build_backbone(weights: str) -> nn.Module:
             return timm.create_model(tag, pretrained=True, num_classes=0)
         except Exception as e:  # offline: huggingface_hub's LocalEntryNotFoundError and friends
             hf = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-            raise WeightsError(_missing(weights, hf / f"models--timm--{tag}", f"https://huggingface.co/timm/{tag}", e)) from None
+            raise WeightsError(
+                _missing(weights, hf / f"models--timm--{tag}", f"https://huggingface.co/timm/{tag}", e)
+            ) from None
     else:  # file:<path>
         net = torchvision.models.resnet50(weights=None)
         net.load_state_dict(_read_state_dict(Path(tag)), strict=False)
@@ -109,17 +118,21 @@ def hub_file(url: str) -> Path:
 
 
 def _missing(spec: str, path: Path, url: str, err: Exception) -> str:
-    return (f"pretrained weights '{spec}' could not be loaded: {type(err).__name__}: {err}\n"
-            f"  the cache looks for: {path}\n"
-            f"  fix: download {url} on a machine with internet and copy it there, "
-            f"or set model.weights: file:/path/to/resnet50.pth (a ResNet-50 state dict); "
-            f"bench never falls back to random weights on its own (weights: none does that, labelled)")
+    return (
+        f"pretrained weights '{spec}' could not be loaded: {type(err).__name__}: {err}\n"
+        f"  the cache looks for: {path}\n"
+        f"  fix: download {url} on a machine with internet and copy it there, "
+        f"or set model.weights: file:/path/to/resnet50.pth (a ResNet-50 state dict); "
+        f"bench never falls back to random weights on its own (weights: none does that, labelled)"
+    )
 
 
 def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; model.weights: file:<path> needs a saved "
-                           "ResNet-50 state dict (torch.save(model.state_dict(), path))")
+        raise WeightsError(
+            f"weights file {path} does not exist; model.weights: file:<path> needs a saved "
+            "ResNet-50 state dict (torch.save(model.state_dict(), path))"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -127,19 +140,23 @@ def _read_state_dict(path: Path) -> dict:
     for key in ("state_dict", "model"):  # training checkpoints wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()
-             if not k.removeprefix("module.").startswith(("fc.", "head."))}
+    state = {
+        k.removeprefix("module.").removeprefix("backbone."): v
+        for k, v in state.items()
+        if not k.removeprefix("module.").startswith(("fc.", "head."))
+    }
     import torchvision
 
     expected = set(torchvision.models.resnet50().state_dict()) - {"fc.weight", "fc.bias"}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
-        raise WeightsError(f"weights file {path} is not a ResNet-50 state dict: "
-                           f"{len(missing)} keys missing (e.g. {sorted(missing)[:3]}), "
-                           f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
+        raise WeightsError(
+            f"weights file {path} is not a ResNet-50 state dict: "
+            f"{len(missing)} keys missing (e.g. {sorted(missing)[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
+        )
     return state
 
 
 def describe_weights(weights: str) -> str:
     return "random init (no pretraining)" if weights == "none" else f"pretrained ({weights})"
-

@@ -1,22 +1,31 @@
-"""Runs a study's variants: skip what is done, check weights and data up front, train the rest,
-store every result, and record failures without stopping the grid."""
+"""Runs a study: skip what is done, check weights and data up front, train the rest through
+an executor (in this process, a worker pool, Ray tasks), store every result, and record
+failures without stopping the grid.
+
+`drive` is the one skeleton every launcher shares; an executor (bench.launch) decides only
+where `execute` runs for each pending variant.
+"""
+
 from __future__ import annotations
 
 import platform
 import traceback
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
 from bench import data as data_mod
-from bench.config import Study, Variant
+from bench.device import device_name
 from bench.metrics import classification_metrics
 from bench.models import build_backbone, describe_weights
+from bench.record import RunMetrics
 from bench.store import Store
-from bench.train import Diverged, autocast_dtype, fit
+from bench.study import Study, Variant
+from bench.train import Diverged, fit
 
 
 @dataclass
@@ -30,11 +39,49 @@ class RunResult:
 
 @dataclass
 class Hooks:
-    """What the CLI wants to hear about; every hook is optional."""
+    """What the caller wants to hear about; every hook is optional."""
+
     progress: Callable | None = None  # progress(description, total) -> advance(n)
     run_started: Callable[[Variant], None] = lambda v: None
     run_ended: Callable[[RunResult], None] = lambda r: None
-    data_cache: dict = field(default_factory=dict)  # loaded data sets and checked weights, by config
+
+
+class Inputs:
+    """Data sets loaded and weights checked in this process, kept across its runs."""
+
+    def __init__(self):
+        self.datasets: dict = {}
+        self.weights_checked: set[str] = set()
+
+    def dataset(self, cfg) -> data_mod.Dataset:
+        if cfg not in self.datasets:
+            self.datasets[cfg] = data_mod.load(cfg)
+        return self.datasets[cfg]
+
+    def preflight(self, variants: list[Variant]) -> None:
+        """Fail before any training if weights or data are missing (WeightsError / DataError)."""
+        for weights in dict.fromkeys(v.config.model.weights for v in variants):
+            if weights != "none" and weights not in self.weights_checked:
+                build_backbone(weights)
+                self.weights_checked.add(weights)
+        for cfg in dict.fromkeys(v.config.data for v in variants):
+            self.dataset(cfg)
+
+
+class Executor(Protocol):
+    def check(self) -> None:
+        """Raise before anything is written if this executor cannot run here."""
+
+    def run(
+        self,
+        study: Study,
+        todo: list[Variant],
+        store: Store,
+        inputs: Inputs,
+        hooks: Hooks,
+        done: Callable[[Variant, RunResult], None],
+    ) -> None:
+        """Execute every variant of `todo`, calling `done(variant, result)` as each ends."""
 
 
 def pending(store: Store, variants: list[Variant], retry_failed: bool = False) -> list[Variant]:
@@ -49,71 +96,90 @@ def pending(store: Store, variants: list[Variant], retry_failed: bool = False) -
     return todo
 
 
-def preflight(variants: list[Variant], hooks: Hooks) -> None:
-    """Fail before any training if weights or data are missing (WeightsError / DataError)."""
-    for weights in dict.fromkeys(v.config.model.weights for v in variants):
-        if weights != "none" and ("weights", weights) not in hooks.data_cache:
-            build_backbone(weights)
-            hooks.data_cache["weights", weights] = True
-    for cfg in dict.fromkeys(v.config.data for v in variants):
-        load_data(cfg, hooks)
-
-
-def load_data(cfg, hooks: Hooks) -> data_mod.Dataset:
-    if cfg not in hooks.data_cache:
-        hooks.data_cache[cfg] = data_mod.load(cfg)
-    return hooks.data_cache[cfg]
-
-
-def run_study(study: Study, variants: list[Variant], store: Store, device: torch.device, *,
-              hooks: Hooks | None = None, retry_failed: bool = False, feature_cache: bool = True) -> list[RunResult]:
+def drive(
+    study: Study,
+    variants: list[Variant],
+    store: Store,
+    executor: Executor,
+    *,
+    hooks: Hooks | None = None,
+    retry_failed: bool = False,
+    command: str | None = None,
+) -> list[RunResult]:
+    """Pending -> pre-flight -> record the study -> execute -> one result per variant, in study order."""
     hooks = hooks or Hooks()
     todo = pending(store, variants, retry_failed)
-    preflight(todo, hooks)
+    executor.check()
+    inputs = Inputs()
+    inputs.preflight(todo)  # missing data or weights: stop before any run starts
+    if command is not None:
+        store.record_study(study, command)
     finished: dict[int, RunResult] = {}
-    for v in todo:
-        finished[id(v)] = run_one(study, v, store, device, hooks, feature_cache)
-        hooks.run_ended(finished[id(v)])
+
+    def done(v: Variant, result: RunResult) -> None:
+        finished[id(v)] = result
+        hooks.run_ended(result)
+
+    if todo:
+        executor.run(study, todo, store, inputs, hooks, done)
     return collect(store, variants, finished)
 
 
 def collect(store: Store, variants: list[Variant], finished: dict[int, RunResult]) -> list[RunResult]:
-    """One result per variant, in study order; `finished` holds the runs trained in this call by
-    id(variant), so a twin config under another name reads 'skipped'."""
+    """One result per variant; `finished` holds the runs trained in this call by id(variant), so
+    a twin config under another name reads 'skipped'."""
     results = []
     for v in variants:
         if id(v) in finished:
             results.append(finished[id(v)])
         else:  # done already, a twin of a run trained here, or failed before (see --retry-failed)
             failed = store.state(v) == "failed"
-            results.append(RunResult(v, "failed" if failed else "skipped", error="failed in an earlier bench run" if failed else None))
+            results.append(
+                RunResult(
+                    v, "failed" if failed else "skipped", error="failed in an earlier bench run" if failed else None
+                )
+            )
     return results
 
 
-def run_one(study: Study, v: Variant, store: Store, device: torch.device, hooks: Hooks,
-            feature_cache: bool = True) -> RunResult:
+def execute(
+    study: str,
+    v: Variant,
+    store: Store,
+    device: torch.device,
+    inputs: Inputs,
+    *,
+    feature_cache: bool = True,
+    progress=None,
+) -> RunResult:
+    """Train and record one run under its lock; failures are recorded, not raised (but Ctrl-C is)."""
     with store.claim(v.run_id) as mine:
         if not mine:
             return RunResult(v, "busy", error="another bench process is training this run")
         if store.state(v) == "done":  # finished by another process while we waited our turn
             return RunResult(v, "skipped")
-        store.start(v, study.name)  # an existing checkpoint.pt is kept: fit() resumes from it
-        hooks.run_started(v)
-        dataset = load_data(v.config.data, hooks)
+        store.start(v, study)  # an existing checkpoint.pt is kept: fit() resumes from it
+        dataset = inputs.dataset(v.config.data)
         try:
-            outcome = fit(v.config, dataset, device, checkpoint=store.checkpoint(v.run_id),
-                          feature_cache=feature_cache, progress=hooks.progress)
+            outcome = fit(
+                v.config,
+                dataset,
+                device,
+                checkpoint=store.checkpoint(v.run_id),
+                feature_cache=feature_cache,
+                progress=progress,
+            )
         except Diverged as e:
-            store.fail(v, "diverged", str(e), epoch=e.epoch, step=e.step)
+            store.fail(v.run_id, "diverged", str(e), epoch=e.epoch, step=e.step)
             return RunResult(v, "failed", error=str(e))
         except (torch.OutOfMemoryError, MemoryError) as e:  # GPU or host
             msg = f"out of memory: {e}. Try a smaller train.batch_size or input.resolution"
-            store.fail(v, "out of memory", msg)
+            store.fail(v.run_id, "out of memory", msg)
             return RunResult(v, "failed", error=msg)
         except (KeyboardInterrupt, SystemExit):
             raise  # status stays 'running' and the checkpoint stays: the next `bench run` resumes
         except Exception as e:
-            store.fail(v, type(e).__name__, f"{e}\n{traceback.format_exc()}")
+            store.fail(v.run_id, type(e).__name__, f"{e}\n{traceback.format_exc()}")
             return RunResult(v, "failed", error=f"{type(e).__name__}: {e}")
 
         probs = torch.softmax(torch.from_numpy(outcome.test_logits), 1).numpy()
@@ -123,31 +189,28 @@ def run_one(study: Study, v: Variant, store: Store, device: torch.device, hooks:
         for i, c in enumerate(dataset.classes):
             predictions[f"p_{c}"] = probs[:, i]
         last = outcome.history[-1]
-        metrics = {
-            "test": classification_metrics(y, preds, dataset.classes),
-            "best_epoch": outcome.best_epoch,
-            "best_val_acc": max(h["val_acc"] for h in outcome.history),
-            "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
-            "epochs": len(outcome.history),
-            "train_seconds": outcome.seconds,
-            "train_images_per_sec": float(np.mean([h["train_images_per_sec"] for h in outcome.history])),
-            "feature_cache": outcome.feature_cache,
-            "weights": describe_weights(v.config.model.weights),
-            "pretrained": v.config.model.weights != "none",
-            "dataset": dataset.description,
-            "n_train": len(dataset.train), "n_val": len(dataset.val), "n_test": len(dataset.test),
-            "device": device_name(device),
-            "precision": str(autocast_dtype(v.config.train, device) or "fp32").replace("torch.", ""),
-            "versions": versions(),
-        }
-        store.finish(v, outcome.history, metrics, predictions)
-        return RunResult(v, "done", metrics["test"]["accuracy"], outcome.seconds)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        metrics = RunMetrics(
+            test=classification_metrics(y, preds, dataset.classes),
+            best_epoch=outcome.best_epoch,
+            best_val_acc=max(h["val_acc"] for h in outcome.history),
+            final_train_acc=last["train_acc"],
+            final_val_acc=last["val_acc"],
+            epochs=len(outcome.history),
+            train_seconds=outcome.seconds,
+            train_images_per_sec=float(np.mean([h["train_images_per_sec"] for h in outcome.history])),
+            feature_cache=outcome.feature_cache,
+            weights=describe_weights(v.config.model.weights),
+            pretrained=v.config.model.weights != "none",
+            dataset=dataset.description,
+            n_train=len(dataset.train),
+            n_val=len(dataset.val),
+            n_test=len(dataset.test),
+            device=device_name(device),
+            precision=outcome.precision,
+            versions=versions(),
+        )
+        store.finish(v.run_id, outcome.history, metrics, predictions)
+        return RunResult(v, "done", metrics.test.accuracy, outcome.seconds)
 
 
 def versions() -> dict:
@@ -155,5 +218,10 @@ def versions() -> dict:
     import timm
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "scikit-learn": sklearn.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "scikit-learn": sklearn.__version__,
+    }

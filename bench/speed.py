@@ -7,9 +7,10 @@ over the same images. For trainable variants: the model-only throughput of the s
 on synthetic tensors, timed as timm's `benchmark.py --bench train` does (warm-up, then
 forward + backward + optimizer step), so the data pipeline's cost shows as the gap.
 """
+
 from __future__ import annotations
 
-import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ import torch.nn.functional as F
 
 from bench import data as data_mod
 from bench import features, train
-from bench.config import Variant
+from bench.device import autocast, autocast_dtype, channels_last, device_name, eval_batch_size
 from bench.models import build_model
+from bench.study import Variant
 from bench.transforms import BatchTransform
 
 
@@ -33,13 +35,15 @@ def rss_mb(field: str = "VmHWM") -> float:
     return float("nan")
 
 
-def memory_growth(v: Variant, ds, device: torch.device, twins: int = 6) -> list[float]:
+def memory_growth(v: Variant, ds, device: torch.device, cache_dir: Path, twins: int = 6) -> list[float]:
     """Resident memory after each of `twins` more runs of a variant (another lr each time): a study
     with more variants must not hold more memory."""
     out = []
     for i in range(twins):
-        cfg = v.config.model_copy(update={"train": v.config.train.model_copy(update={"lr": v.config.train.lr * (i + 2)})})
-        train.fit(cfg, ds, device)
+        cfg = v.config.model_copy(
+            update={"train": v.config.train.model_copy(update={"lr": v.config.train.lr * (i + 2)})}
+        )
+        train.fit(cfg, ds, device, cache_dir=cache_dir)
         out.append(rss_mb("VmRSS"))
     return out
 
@@ -60,20 +64,16 @@ def timed(fn, device):
 def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, warmup: int = 3) -> float:
     """Images/s of forward + backward + step on random tensors already on the device."""
     cfg = v.config
-    model = build_model(cfg.model, 10).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = channels_last(build_model(cfg.model, 10).to(device), device)
     model.train()
     opt = train.make_optimizer(cfg.train, [p for p in model.parameters() if p.requires_grad])
-    dtype = train.autocast_dtype(cfg.train, device)
+    dtype = autocast_dtype(cfg.train, device)
     bs, r = cfg.train.batch_size, cfg.input.resolution
-    x = torch.randn(bs, 3, r, r, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = channels_last(torch.randn(bs, 3, r, r, device=device), device)
     y = torch.randint(0, 10, (bs,), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,25 +90,25 @@ def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     cfg = v.config
     model = build_model(cfg.model, len(ds.classes)).to(device)
     transform = BatchTransform(cfg.input, train=False)
-    dtype = train.autocast_dtype(cfg.train, device)
-    _, seconds = timed(lambda: [features.predict(model.backbone, getattr(ds, s).x, transform, train.eval_batch_size(cfg.train, device),
-                                               device, dtype) for s in ("train", "val", "test")], device)
+    dtype, batch = autocast_dtype(cfg.train, device), eval_batch_size(cfg.train, device)
+    _, seconds = timed(
+        lambda: [
+            features.predict(model.backbone, getattr(ds, s).x, transform, batch, device, dtype)
+            for s in ("train", "val", "test")
+        ],
+        device,
+    )
     return seconds
 
 
 def run_speed(variants: list[Variant], device: torch.device, progress=None) -> pd.DataFrame:
     """The speed table, one row per variant; caches go to a temporary folder and are discarded."""
     datasets: dict = {}
-    old_cache = os.environ.get("BENCH_CACHE")
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            rows = [speed_of(v, datasets, Path(tmp), device, progress) for v in variants]
-        finally:
-            if old_cache is None:
-                os.environ.pop("BENCH_CACHE", None)
-            else:
-                os.environ["BENCH_CACHE"] = old_cache
-    return pd.DataFrame(rows)
+        rows = [speed_of(v, datasets, Path(tmp), device, progress) for v in variants]
+    table = pd.DataFrame(rows)
+    table.insert(0, "device", device_name(device))
+    return table
 
 
 def speed_of(v: Variant, datasets: dict, tmp: Path, device: torch.device, progress=None) -> dict:
@@ -117,25 +117,38 @@ def speed_of(v: Variant, datasets: dict, tmp: Path, device: torch.device, progre
     if cfg.data not in datasets:
         datasets[cfg.data] = data_mod.load(cfg.data)  # decoded once, outside the timings
     ds = datasets[cfg.data]
-    os.environ["BENCH_CACHE"] = str(tmp / v.run_id)  # a cold feature cache for the first timing
-    out, seconds = timed(lambda: train.fit(cfg, ds, device, progress=progress), device)
+    cache = tmp / v.run_id  # a cold feature cache for the first timing
+    out, seconds = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache, progress=progress), device)
     h = pd.DataFrame(out.history)
     train_s = len(ds.train) / h.train_images_per_sec
-    row = {"variant": v.name, "seed": v.seed, "freeze": cfg.model.freeze, "augment": cfg.input.augment,
-           "precision": cfg.train.precision, "resolution": cfg.input.resolution, "batch": cfg.train.batch_size,
-           "epochs": cfg.train.epochs, "n_train": len(ds.train), "n_val": len(ds.val), "n_test": len(ds.test),
-           "feature_cache": out.feature_cache, "wall_s": seconds,
-           # the last epoch's rate: warm, like the model-only timing after its warm-up steps
-           "s_per_epoch": h.seconds.mean(), "train_img_s": h.train_images_per_sec.iloc[-1],
-           "eval_img_s": len(ds.val) / max(1e-9, (h.seconds - train_s).mean())}
+    row = {
+        "variant": v.name,
+        "seed": v.seed,
+        "freeze": cfg.model.freeze,
+        "augment": cfg.input.augment,
+        "precision": cfg.train.precision,
+        "resolution": cfg.input.resolution,
+        "batch": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "n_train": len(ds.train),
+        "n_val": len(ds.val),
+        "n_test": len(ds.test),
+        "feature_cache": out.feature_cache,
+        "wall_s": seconds,
+        # the last epoch's rate: warm, like the model-only timing after its warm-up steps
+        "s_per_epoch": h.seconds.mean(),
+        "train_img_s": h.train_images_per_sec.iloc[-1],
+        "eval_img_s": len(ds.val) / max(1e-9, (h.seconds - train_s).mean()),
+    }
     if features.cacheable(cfg):
-        _, row["cached_again_s"] = timed(lambda: train.fit(cfg, ds, device), device)  # a twin on the same features
+        # a twin on the same features, then the backbone every epoch
+        _, row["cached_again_s"] = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache), device)
         _, row["uncached_s"] = timed(lambda: train.fit(cfg, ds, device, feature_cache=False, progress=progress), device)
         row["forward_pass_s"] = backbone_forward_seconds(v, ds, device)
         row["uncached_over_cached"] = row["uncached_s"] / seconds
         row["cached_over_forward"] = seconds / row["forward_pass_s"]
         row["second_over_first"] = row["cached_again_s"] / seconds
-        rss = memory_growth(v, ds, device)
+        rss = memory_growth(v, ds, device, cache)
         row["rss_growth_pct"] = 100 * (max(rss) - rss[0]) / rss[0]
     else:
         steps = max(3, min(20, len(ds.train) // cfg.train.batch_size))  # as many images as the pipeline saw
@@ -162,6 +175,27 @@ def check_targets(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
         if col not in table or table[col].isna().all():
             continue
         vals = table[col].dropna()
-        ok = bool((vals >= bound).all() if op == ">=" else (vals <= bound).all() if op == "<=" else (vals < bound).all())
+        ok = bool(
+            (vals >= bound).all() if op == ">=" else (vals <= bound).all() if op == "<=" else (vals < bound).all()
+        )
         out.append((what, ", ".join(f"{x:.3g}" for x in vals), ok))
     return out
+
+
+def write_speed_report(table: pd.DataFrame, out: Path, command: list[str]) -> tuple[str, list[tuple[str, str, bool]]]:
+    """speed.csv and speed.md (the table and the targets met) in `out`; returns the markdown table and targets."""
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "speed.csv", index=False, float_format="%.4g")
+    targets = check_targets(table)
+    md = table.drop(columns=["device"]).to_markdown(index=False, floatfmt=".3g")
+    lines = [
+        f"Device: {table['device'].iloc[0]}. Command: `bench {' '.join(map(shlex.quote, command))}`",
+        "",
+        md,
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {w} | {v} | {'yes' if ok else 'NO'} |" for w, v, ok in targets]
+    (out / "speed.md").write_text("\n".join(lines) + "\n")
+    return md, targets

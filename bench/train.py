@@ -3,13 +3,12 @@
 `progress(description, total)` (optional) returns an `advance(n)` callable; the CLI backs it
 with rich progress bars, tests leave it out.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from bench import features
-from bench.features import predict
 from bench.config import RunConfig, TrainConfig
-from bench.data import Dataset
+from bench.data import Dataset, cache_root
+from bench.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_name
+from bench.features import predict
+from bench.files import atomic_save
 from bench.models import build_model
 from bench.transforms import BatchTransform
 
@@ -31,8 +32,9 @@ class Diverged(Exception):
 
     def __init__(self, epoch: int, step: int, loss: float):
         self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}; try a lower train.lr "
-                         f"or a warm-up (train.warmup_epochs)")
+        super().__init__(
+            f"loss became {loss} at epoch {epoch}, step {step}; try a lower train.lr or a warm-up (train.warmup_epochs)"
+        )
 
 
 @dataclass
@@ -42,20 +44,8 @@ class Outcome:
     best_epoch: int  # the epoch whose weights produced test_logits
     seconds: float
     feature_cache: str  # 'off' (backbone runs every epoch), 'computed' or 'hit'
+    precision: str  # 'bfloat16' (autocast) or 'fp32'
     model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; on the CPU only when asked (it is slower on many CPUs)."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
-    """Big batches keep a GPU busy; on the CPU they are slower per image (measured: ResNet-50 at
-    224 px, 11.3 img/s at batch 32 vs 9.2 at 256), so evaluate at the training batch size there."""
-    return max(256, cfg.batch_size) if device.type == "cuda" else cfg.batch_size
 
 
 def seed_everything(seed: int) -> None:
@@ -66,7 +56,9 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+        )
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -84,21 +76,31 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def fit(cfg: RunConfig, data: Dataset, device: torch.device, *, checkpoint: Path | None = None,
-        feature_cache: bool = True, progress=None) -> Outcome:
-    """Train one run and evaluate the test set once, with the weights chosen on validation."""
+def fit(
+    cfg: RunConfig,
+    data: Dataset,
+    device: torch.device,
+    *,
+    checkpoint: Path | None = None,
+    feature_cache: bool = True,
+    cache_dir: Path | None = None,
+    progress=None,
+) -> Outcome:
+    """Train one run and evaluate the test set once, with the weights chosen on validation.
+
+    `cache_dir` holds the frozen-backbone features (default: bench's cache folder)."""
     seed_everything(cfg.seed)
     tc = cfg.train
     dtype = autocast_dtype(tc, device)
-    model = build_model(cfg.model, len(data.classes)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = channels_last(build_model(cfg.model, len(data.classes)).to(device), device)
     eval_bs = eval_batch_size(tc, device)
     started = time.perf_counter()
 
     if feature_cache and features.cacheable(cfg):
         # Frozen backbone, deterministic inputs: train the head on features computed once.
-        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, progress)
+        feats, hit = features.split_features(
+            model.backbone, data, cfg, device, dtype, eval_bs, cache_dir or cache_root() / "features", progress
+        )
         net, inputs = model.head, feats
         train_tf = eval_tf = None
         cache_state = "hit" if hit else "computed"
@@ -141,11 +143,11 @@ def fit(cfg: RunConfig, data: Dataset, device: torch.device, *, checkpoint: Path
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         advance = progress(f"epoch {epoch}/{tc.epochs} train", n_train) if progress else None
         for step, i in enumerate(range(0, n_train, tc.batch_size)):
-            idx = order[i:i + tc.batch_size]
+            idx = order[i : i + tc.batch_size]
             x = inputs["train"][idx.to(inputs["train"].device)].to(device, non_blocking=True)
             x = train_tf(x) if train_tf else x
             y = labels["train"][idx]
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, dtype):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
             if not torch.isfinite(loss):
@@ -163,53 +165,56 @@ def fit(cfg: RunConfig, data: Dataset, device: torch.device, *, checkpoint: Path
         val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype)
         val_loss = F.cross_entropy(val_logits, labels["val"]).item()
         val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
-        history.append({"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / n_train,
-                        "train_acc": correct.item() / n_train, "val_loss": val_loss, "val_acc": val_acc,
-                        "seconds": time.perf_counter() - t0, "train_images_per_sec": n_train / train_seconds})
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": loss_sum.item() / n_train,
+                "train_acc": correct.item() / n_train,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "seconds": time.perf_counter() - t0,
+                "train_images_per_sec": n_train / train_seconds,
+            }
+        )
         if tc.select == "last" or val_acc > best["acc"]:
             best = {"acc": val_acc, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
         if checkpoint:
-            _save_checkpoint(checkpoint, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                                          "rng": torch.get_rng_state(),
-                                          "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "net": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best": best,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                },
+            )
         if epoch_bar:
             epoch_bar(1)
 
     net.load_state_dict(best["state"])
     test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype)
-    return Outcome(history, test_logits.cpu().numpy(), best["epoch"], time.perf_counter() - started, cache_state, model)
+    return Outcome(
+        history,
+        test_logits.cpu().numpy(),
+        best["epoch"],
+        time.perf_counter() - started,
+        cache_state,
+        precision_name(dtype),
+        model,
+    )
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        torch.save(state, f)
-    os.replace(f.name, path)  # a kill mid-save leaves the previous checkpoint intact
+    atomic_save(path, lambda f: torch.save(state, f))  # a kill mid-save leaves the previous checkpoint intact
 
 
 def _load_checkpoint(path: Path) -> dict | None:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors, numbers, strings and containers only; a crafted file cannot run code
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # unreadable: start the run over rather than resume from garbage
         return None
-
-
-# Forward multiply-adds of ResNet-50 at 224 px (torchvision's figure, 4.09 GFLOPS), and the
-# share of them in the stages that a `freeze` setting leaves trainable (from per-stage counts).
-GFLOPS_224 = 4.09
-TRAINABLE_SHARE = {"backbone": 0.0, "stem-layer3": 0.20, "stem-layer2": 0.46, "stem-layer1": 0.72, "stem": 0.97, "none": 1.0}
-SIZES = {"cifar10": (50_000, 10_000), "folder": (50_000, 10_000), "digits": (1_347, 450)}
-
-
-def estimate_tflops(cfg: RunConfig) -> float:
-    """Rough compute of a run, for `bench list`: backward costs about twice the forward of the
-    trainable stages; a cacheable frozen backbone runs once over every image."""
-    n_all, n_test = SIZES[cfg.data.source]
-    n_val = min(cfg.data.val_size, n_all)
-    n_train = min(cfg.data.limit_train or n_all, n_all - n_val)
-    n_test = min(cfg.data.limit_test or n_test, n_test)
-    fwd = GFLOPS_224 * (cfg.input.resolution / 224) ** 2 / 1000
-    if features.cacheable(cfg):
-        return fwd * (n_train + n_val + n_test)
-    per_epoch = n_train * fwd * (1 + 2 * TRAINABLE_SHARE[cfg.model.freeze]) + n_val * fwd
-    return per_epoch * cfg.train.epochs + n_test * fwd

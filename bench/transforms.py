@@ -4,6 +4,7 @@ Augmentation runs at the stored resolution (32 px for CIFAR) before the resize, 
 cheapest; then the batch is scaled to [0,1], resized and normalized in a few tensor ops.
 No per-image PIL work ever happens in the training loop.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,13 @@ class BatchTransform:
             x = torch.stack([self.policy(img) for img in x])
         x = x.float().div_(255)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
-                              align_corners=False, antialias=x.shape[-1] > self.resolution)
+            x = F.interpolate(
+                x,
+                size=(self.resolution, self.resolution),
+                mode="bilinear",
+                align_corners=False,
+                antialias=x.shape[-1] > self.resolution,
+            )
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)

@@ -65,7 +65,7 @@ def test_validation_split_depends_on_split_seed_only(tmp_path):
 
 
 def test_folder_errors_name_the_path_and_the_fix(tmp_path):
-    with pytest.raises(data.DataError, match=r"data.path .*nowhere does not exist.*--data-dir"):
+    with pytest.raises(data.DataError, match=r"data.path .*nowhere does not exist: set it to an image-folder tree"):
         data.load(DataConfig(source="folder", path=str(tmp_path / "nowhere")))
     (tmp_path / "flat").mkdir()
     with pytest.raises(data.DataError, match=r"has no train/ folder"):
@@ -95,7 +95,7 @@ def write_fake_cifar(root, n_train=60, n_test=20):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     files = {}
-    for name, n in [*(("data_batch_%d" % i, n_train // 5) for i in range(1, 6)), ("test_batch", n_test)]:
+    for name, n in [*((f"data_batch_{i}", n_train // 5) for i in range(1, 6)), ("test_batch", n_test)]:
         labels = [i % 10 for i in range(n)]
         batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": labels}
         (folder / name).write_bytes(pickle.dumps(batch))
@@ -113,7 +113,9 @@ def test_official_cifar10_reader_offline(tmp_path, monkeypatch):
     # torchvision checks the md5 of each file: point its lists at this test's files
     monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", files[f"data_batch_{i}"]] for i in range(1, 6)])
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", files["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": files["batches.meta"]})
+    monkeypatch.setattr(
+        CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": files["batches.meta"]}
+    )
     ds = data.load(DataConfig(source="cifar10", path=str(tmp_path), download=False, val_size=10))
     assert ds.classes[0] == "airplane" and (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 20)
     assert ds.train.x.shape[1:] == (3, 32, 32)
@@ -123,7 +125,7 @@ def test_official_cifar10_reader_offline(tmp_path, monkeypatch):
 
 
 def test_official_cifar10_missing_offline_says_where_and_how(tmp_path):
-    with pytest.raises(data.DataError, match=r"official CIFAR-10 not found under .*cifar-10-batches-py.*--data-dir"):
+    with pytest.raises(data.DataError, match=r"official CIFAR-10 not found under .*cifar-10-batches-py.*set data.path"):
         data.load(DataConfig(source="cifar10", path=str(tmp_path), download=False))
 
 
@@ -142,7 +144,9 @@ def test_batch_transform_resizes_and_normalizes():
     unit = BatchTransform(InputConfig(resolution=32, normalize="unit"), train=False)(x)
     assert unit.shape == (4, 3, 32, 32) and torch.allclose(unit, torch.ones_like(unit))
     imnet = BatchTransform(InputConfig(resolution=16, normalize="imagenet"), train=False)(x)
-    assert torch.allclose(imnet[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]), atol=1e-5)
+    assert torch.allclose(
+        imnet[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]), atol=1e-5
+    )
     policy = BatchTransform(InputConfig(resolution=16, augment="trivialaugment"), train=True)
     assert policy(torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)).shape == (5, 3, 16, 16)
     evaluation = BatchTransform(InputConfig(resolution=16, augment="flip-crop"), train=False)

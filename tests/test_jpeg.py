@@ -1,4 +1,5 @@
 """The real images: the shared JPEG copy of CIFAR-10 (all 60,000), end to end through `bench run`."""
+
 import json
 
 import numpy as np
@@ -9,9 +10,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from bench import data
 from bench.cli import main
 from bench.config import DataConfig
-from conftest import SHARED_JPEG
+from tests.helpers import SHARED_JPEG
 
-pytestmark = pytest.mark.skipif(not SHARED_JPEG.exists(), reason=f"{SHARED_JPEG} not found")
+pytestmark = [
+    pytest.mark.slow,  # all 60,000 real images
+    pytest.mark.skipif(not SHARED_JPEG.exists(), reason=f"{SHARED_JPEG} not found"),
+]
 
 
 def test_shared_jpeg_cifar10_loads_whole():
@@ -24,9 +28,17 @@ def test_shared_jpeg_cifar10_loads_whole():
 
 
 def test_a_small_study_on_real_images(write_study, tmp_path):
-    path = write_study({"study": "jpeg", "defaults": {
-        "data": {"source": "folder", "path": str(SHARED_JPEG), "limit_train": 2000, "limit_test": 1000},
-        "input": {"resolution": 32}, "model": {"weights": "none"}, "train": {"epochs": 2, "batch_size": 64}}})
+    path = write_study(
+        {
+            "study": "jpeg",
+            "defaults": {
+                "data": {"source": "folder", "path": str(SHARED_JPEG), "limit_train": 2000, "limit_test": 1000},
+                "input": {"resolution": 32},
+                "model": {"weights": "none"},
+                "train": {"epochs": 2, "batch_size": 64},
+            },
+        }
+    )
     results = tmp_path / "results"
     assert main(["run", str(path), "--results", str(results)]) == 0
     (run,) = (results / "runs").iterdir()

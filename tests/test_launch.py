@@ -1,5 +1,6 @@
 """The parallel launchers: --parallel N worker processes, and --launcher ray on a real local Ray
 cluster (CPU only, 2 workers), including a worker killed mid-run."""
+
 import json
 import os
 import signal
@@ -13,9 +14,9 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.config import load_study
 from bench.store import Store
-from conftest import TINY
+from bench.study import load_study_file
+from tests.helpers import TINY
 
 try:
     import ray
@@ -54,13 +55,14 @@ def kill_when_checkpointed(store, v, timeout=120):
     return torch.load(store.checkpoint(v.run_id), weights_only=False)["history"]
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_sequential_results(write_study, tmp_path, capsys):
     path = write_study({"study": "par", "defaults": TINY, "ablate": {"train.lr": [0.01]}})
     seq, par = tmp_path / "seq", tmp_path / "par"
     assert main(["run", str(path), "--results", str(seq)]) == 0
     assert main(["run", str(path), "--results", str(par), "--parallel", "2"]) == 0
     assert capsys.readouterr().err.count("test accuracy") == 4
-    variants = load_study(path).variants
+    variants = load_study_file(path).variants
     for v in variants:
         a, b = Store(seq).run_dir(v.run_id), Store(par).run_dir(v.run_id)
         assert status(Store(par), v)["state"] == "done"
@@ -68,8 +70,11 @@ def test_parallel_workers_give_the_sequential_results(write_study, tmp_path, cap
         pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
         assert (pa.pred == pb.pred).all()
         pd.testing.assert_frame_equal(pa, pb, rtol=1e-5)
-        pd.testing.assert_frame_equal(pd.read_csv(a / "history.csv").drop(columns=TIMING),
-                                      pd.read_csv(b / "history.csv").drop(columns=TIMING), rtol=1e-5)
+        pd.testing.assert_frame_equal(
+            pd.read_csv(a / "history.csv").drop(columns=TIMING),
+            pd.read_csv(b / "history.csv").drop(columns=TIMING),
+            rtol=1e-5,
+        )
     assert main(["run", str(path), "--results", str(par), "--parallel", "2"]) == 0  # all done: skipped
 
 
@@ -101,6 +106,7 @@ def test_launcher_ray_without_ray_says_how_to_install_it(write_study, tmp_path, 
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_shares_the_store_with_the_local_launcher(ray_cluster, write_study, tmp_path, capsys):
     path = write_study({"study": "ray", "defaults": TINY, "ablate": {"train.lr": [0.01, 0.03]}})
     results = str(tmp_path / "results")
@@ -110,26 +116,58 @@ def test_ray_shares_the_store_with_the_local_launcher(ray_cluster, write_study, 
     out = capsys.readouterr()
     assert out.err.count("test accuracy") == 2 and out.out.count("skipped") == 1
     store = Store(results)
-    variants = load_study(path).variants
+    variants = load_study_file(path).variants
     assert all(store.state(v) == "done" for v in variants)
     mtimes = [(store.run_dir(v.run_id) / "metrics.json").stat().st_mtime_ns for v in variants]
     assert main(["run", str(path), "--results", results]) == 0  # and the local launcher sees it all done
     assert [(store.run_dir(v.run_id) / "metrics.json").stat().st_mtime_ns for v in variants] == mtimes
     # a resource request the cluster cannot meet is bad input, not a grid that waits forever
-    assert main(["run", str(path), "--results", results, "--launcher", "ray", "--gpus-per-run", "1",
-                 "--set", "train.epochs=1"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--results",
+                results,
+                "--launcher",
+                "ray",
+                "--gpus-per-run",
+                "1",
+                "--set",
+                "train.epochs=1",
+            ]
+        )
+        == 2
+    )
     assert "the Ray cluster has 0 GPUs" in capsys.readouterr().err
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_retries_a_killed_worker_and_the_run_resumes(ray_cluster, write_study, tmp_path):
     path = write_study({"study": "retry", "defaults": SLOW})
-    (v,) = load_study(path).variants
+    (v,) = load_study_file(path).variants
     store = Store(tmp_path / "results")
     # A separate driver joining the cluster by address, as `bench run --launcher ray --address auto` does.
-    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root),
-                               "--launcher", "ray", "--address", ray_cluster],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "run",
+            str(path),
+            "--results",
+            str(store.root),
+            "--launcher",
+            "ray",
+            "--address",
+            ray_cluster,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     saved = kill_when_checkpointed(store, v)
     assert 1 <= len(saved) < 4
     _, err = driver.communicate(timeout=120)
@@ -138,14 +176,22 @@ def test_ray_retries_a_killed_worker_and_the_run_resumes(ray_cluster, write_stud
     history = pd.read_csv(store.run_dir(v.run_id) / "history.csv")
     assert list(history.epoch) == [1, 2, 3, 4]
     # the retry resumed after the last saved epoch: those epochs were not trained again
-    assert history.seconds[:len(saved)].tolist() == pytest.approx([h["seconds"] for h in saved])
+    assert history.seconds[: len(saved)].tolist() == pytest.approx([h["seconds"] for h in saved])
 
 
 @needs_ray
-def test_ray_records_a_failure_when_retries_are_used_up_and_the_grid_goes_on(ray_cluster, write_study, tmp_path, capsys):
-    path = write_study({"study": "lost", "defaults": TINY, "variants": [{"name": "slow", "set": {
-        "model.freeze": "stem-layer3", "train.epochs": 4}}]})
-    baseline, slow = load_study(path).variants
+@pytest.mark.slow
+def test_ray_records_a_failure_when_retries_are_used_up_and_the_grid_goes_on(
+    ray_cluster, write_study, tmp_path, capsys
+):
+    path = write_study(
+        {
+            "study": "lost",
+            "defaults": TINY,
+            "variants": [{"name": "slow", "set": {"model.freeze": "stem-layer3", "train.epochs": 4}}],
+        }
+    )
+    baseline, slow = load_study_file(path).variants
     store = Store(tmp_path / "results")
     killer = threading.Thread(target=kill_when_checkpointed, args=(store, slow))
     killer.start()

@@ -5,7 +5,7 @@ import torchvision
 from bench import data, train
 from bench.config import RunConfig
 from bench.models import WeightsError, build_backbone, build_model, frozen_stages, hub_file
-from conftest import TINY
+from tests.helpers import TINY
 
 
 def saved_resnet50(path, seed=0):
@@ -38,6 +38,7 @@ def test_missing_weights_offline_say_which_file_where_and_how(tmp_path, monkeypa
 
     def offline(url, *args, **kwargs):
         raise OSError(f"no network to fetch {url}")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsError) as e:
         build_backbone("torchvision:IMAGENET1K_V2")
@@ -75,14 +76,22 @@ def test_freeze_settings_choose_stages():
     assert not model.backbone.layer3.training and model.backbone.layer4.training and model.head.training
 
 
-@pytest.mark.parametrize("freeze, augment, frozen_prefixes", [
-    ("stem-layer3", "none", ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")),  # layer4 trains
-    ("backbone", "flip-crop", ("",)),  # random augmentation: the full path, backbone run every step
-])
+@pytest.mark.parametrize(
+    "freeze, augment, frozen_prefixes",
+    [
+        ("stem-layer3", "none", ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")),  # layer4 trains
+        ("backbone", "flip-crop", ("",)),  # random augmentation: the full path, backbone run every step
+    ],
+)
 def test_frozen_means_bit_identical_after_training(tmp_path, freeze, augment, frozen_prefixes):
     loaded = saved_resnet50(tmp_path / "r50.pth")
-    cfg = RunConfig.model_validate({**TINY, "input": {"resolution": 32, "augment": augment},
-                                    "model": {**TINY["model"], "weights": f"file:{tmp_path / 'r50.pth'}", "freeze": freeze}})
+    cfg = RunConfig.model_validate(
+        {
+            **TINY,
+            "input": {"resolution": 32, "augment": augment},
+            "model": {**TINY["model"], "weights": f"file:{tmp_path / 'r50.pth'}", "freeze": freeze},
+        }
+    )
     ds = data.load(cfg.data)
     out = train.fit(cfg, ds, torch.device("cpu"))
     assert out.feature_cache == "off"

@@ -3,59 +3,23 @@ import os
 import re
 import shutil
 import subprocess
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report, results
 from bench.cli import main
-from bench.metrics import classification_metrics
+from bench.report import describe, load_runs, references, tables
 from bench.stats import mcnemar_exact
-from conftest import TINY
+from tests import helpers
+from tests.helpers import TINY, write_manifest
 
-CLASSES = ["cat", "dog", "frog"]
 N_TEST = 300
 LABELS = np.random.default_rng(123).integers(0, 3, N_TEST)
 
 
-def write_run(root, run_id, variant, seed, p_correct, *, freeze="backbone", weights="torchvision:IMAGENET1K_V1",
-              labels=LABELS, limit_test=None, seconds=100.0, lr=0.001):
-    """A finished run folder in the store's format, with metrics computed from its predictions."""
-    d = root / "runs" / run_id
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(zlib.crc32(f"{variant}/{seed}".encode()))
-    right = rng.random(len(labels)) < p_correct
-    pred = np.where(right, labels, (labels + 1) % 3)
-    config = {"data": {"source": "cifar10", "path": None, "limit_test": limit_test, "split_seed": 0},
-              "model": {"weights": weights, "freeze": freeze}, "train": {"lr": lr}, "seed": seed}
-    (d / "config.json").write_text(json.dumps({"run_id": run_id, "variant": variant, "seed": seed, "config": config}))
-    probs = np.eye(3)[pred]
-    predictions = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "pred": pred})
-    for i, c in enumerate(CLASSES):
-        predictions[f"p_{c}"] = probs[:, i]
-    predictions.to_csv(d / "predictions.csv", index=False)
-    pd.DataFrame({"epoch": [1, 2], "lr": 1e-3, "train_loss": [1.0, 0.5], "train_acc": [0.5, p_correct],
-                  "val_loss": [1.1, 0.6], "val_acc": [0.45, p_correct - 0.01], "seconds": seconds / 2,
-                  "train_images_per_sec": 1000.0}).to_csv(d / "history.csv", index=False)
-    metrics = {"test": classification_metrics(labels, pred, CLASSES), "best_epoch": 2, "best_val_acc": p_correct - 0.01,
-               "final_train_acc": p_correct + 0.02, "final_val_acc": p_correct - 0.01, "epochs": 2,
-               "train_seconds": seconds + seed, "train_images_per_sec": 1000.0 - seed, "feature_cache": "on",
-               "weights": "random init (no pretraining)" if weights == "none" else f"pretrained ({weights})",
-               "pretrained": weights != "none", "dataset": "CIFAR-10 (test fixture)", "n_train": 45000,
-               "n_val": 5000, "n_test": len(labels), "device": "CPU (test)", "precision": "fp32",
-               "versions": {"python": "3.11", "torch": "2.x"}}
-    (d / "metrics.json").write_text(json.dumps(metrics))
-    (d / "status.json").write_text(json.dumps({"state": "done"}))
-    return d
-
-
-def write_study(root, name, variants, command="bench run ablations.yaml"):
-    (root / "studies").mkdir(parents=True, exist_ok=True)
-    (root / "studies" / f"{name}.json").write_text(json.dumps({
-        "study": name, "file": f"{name}.yaml", "description": "a test study", "command": command,
-        "variants": [{"name": n, "seed": s, "run_id": r, "overrides": o} for n, s, r, o in variants]}))
+def write_run(root, run_id, variant, seed, p_correct, labels=LABELS, **kw):
+    return helpers.write_run(root, run_id, variant, seed, p_correct, labels=labels, **kw)
 
 
 @pytest.fixture
@@ -63,26 +27,41 @@ def store(tmp_path):
     """baseline and two ablations x 3 seeds, plus a failed, a pending and a damaged variant."""
     root = tmp_path / "results"
     variants = []
-    for name, p, freeze, overrides in (("baseline", 0.80, "backbone", {}),
-                                       ("freeze=none", 0.90, "none", {"model.freeze": "none"}),
-                                       ("lr=0.01", 0.70, "backbone", {"train.lr": 0.01})):
+    for name, p, freeze, overrides in (
+        ("baseline", 0.80, "backbone", {}),
+        ("freeze=none", 0.90, "none", {"model.freeze": "none"}),
+        ("lr=0.01", 0.70, "backbone", {"train.lr": 0.01}),
+    ):
         for seed in range(3):
             run_id = f"{name.replace('=', '-').replace('.', '')}-{seed}"
-            write_run(root, run_id, name, seed, p + 0.01 * seed, freeze=freeze, lr=overrides.get("train.lr", 0.001),
-                      seconds=300.0 if freeze == "none" else 100.0)
+            write_run(
+                root,
+                run_id,
+                name,
+                seed,
+                p + 0.01 * seed,
+                freeze=freeze,
+                lr=overrides.get("train.lr", 0.001),
+                seconds=300.0 if freeze == "none" else 100.0,
+            )
             variants.append((name, seed, run_id, overrides))
     failed = root / "runs" / "failed-0"
     failed.mkdir(parents=True)
-    (failed / "status.json").write_text(json.dumps({"state": "failed", "error": "diverged",
-                                                    "detail": "loss is nan at epoch 1"}))
+    (failed / "status.json").write_text(
+        json.dumps({"state": "failed", "error": "diverged", "detail": "loss is nan at epoch 1"})
+    )
     damaged = write_run(root, "damaged-0", "broken", 0, 0.99)
     (damaged / "metrics.json").write_text("{ not json")
     truncated = write_run(root, "truncated-0", "cut", 0, 0.99)
     lines = (truncated / "predictions.csv").read_text().splitlines()
     (truncated / "predictions.csv").write_text("\n".join(lines[:50]))  # a copy cut off mid-way
-    variants += [("diverges", 0, "failed-0", {"train.lr": 10}), ("later", 0, "pending-0", {"train.epochs": 99}),
-                 ("broken", 0, "damaged-0", {"train.epochs": 3}), ("cut", 0, "truncated-0", {"train.epochs": 4})]
-    write_study(root, "ablations", variants)
+    variants += [
+        ("diverges", 0, "failed-0", {"train.lr": 10}),
+        ("later", 0, "pending-0", {"train.epochs": 99}),
+        ("broken", 0, "damaged-0", {"train.epochs": 3}),
+        ("cut", 0, "truncated-0", {"train.epochs": 4}),
+    ]
+    write_manifest(root, "ablations", variants)
     return root
 
 
@@ -91,7 +70,7 @@ def metrics_of(root, run_ids):
 
 
 def md_row(text, variant):
-    line = next(l for l in text.splitlines() if l.startswith(f"| {variant} "))
+    line = next(row for row in text.splitlines() if row.startswith(f"| {variant} "))
     return [c.strip() for c in line.strip("|").split("|")]
 
 
@@ -109,63 +88,126 @@ def test_report_tables_match_the_stored_metrics(store, tmp_path, capsys):
         assert row["test acc (%)"] == (f"**{expected}**" if best else expected)
         assert row["F1 (%)"].strip("*") == f"{f1.mean():.2f} ± {f1.std(ddof=1):.2f}"
         assert row["runs"] == "3 done"
-    assert dict(zip(header, md_row(results, "freeze=none")))["what differs"] == "model.freeze=none"
+    assert dict(zip(header, md_row(results, "freeze=none")))["what differs from the baseline"] == "model.freeze=none"
     # the fastest variant's time is the bold one
     assert dict(zip(header, md_row(results, "baseline")))["train time (s)"].startswith("**")
     # failed, pending and damaged variants are listed, not dropped
-    assert md_row(results, "diverges")[2] == "failed: diverged: loss is nan at epoch 1"
-    assert md_row(results, "later")[2] == "1 pending"
-    assert md_row(results, "broken")[2:4] == ["damaged: metrics.json missing or unreadable", "—"]
-    assert md_row(results, "cut")[2] == "damaged: predictions.csv missing or unreadable"
+    assert md_row(results, "diverges")[3] == "failed: diverged: loss is nan at epoch 1"
+    assert md_row(results, "later")[3] == "1 pending"
+    assert md_row(results, "broken")[3:5] == ["damaged: metrics.json missing or unreadable", "—"]
+    assert md_row(results, "cut")[3] == "damaged: predictions.csv missing or unreadable"
     err = capsys.readouterr().err
     assert "damaged-0" in err and "metrics.json missing or unreadable" in err
     assert "truncated-0" in err and "49 rows, but metrics.json says 300 test images" in err
     assert "damaged-0" in (out / "ablations" / "report.md").read_text()  # and on the page
 
 
-def test_effects_table_is_paired_on_the_same_images(store, tmp_path):
-    study = results.load_study(store, "ablations")
-    table = report.effects_table(study, "baseline")
+def test_effects_table_pairs_seeds_and_adjusts_for_the_comparisons(store, tmp_path):
+    study = load_runs(store, "ablations")
+    table = tables.effects_table(study, "baseline")
     row = dict(zip(table.columns, next(r for r in table.rows if r[0] == "lr=0.01")))
     base = [pd.read_csv(store / "runs" / f"baseline-{s}" / "predictions.csv") for s in range(3)]
     var = [pd.read_csv(store / "runs" / f"lr-001-{s}" / "predictions.csv") for s in range(3)]
     acc = lambda p: (p.pred == p.label).mean()  # noqa: E731
-    diff = 100 * (np.mean([acc(p) for p in var]) - np.mean([acc(p) for p in base]))
-    assert row["Δ test acc (points)"] == f"{diff:+.2f}"
+    per_seed = [100 * (acc(v) - acc(b)) for v, b in zip(var, base)]  # seed s against seed s
+    assert row["seeds paired"] == "3"
+    assert row["Δ test acc (points)"] == f"{np.mean(per_seed):+.2f}"
     low, high = (float(x) for x in row["95% CI (points)"].split(" to "))
-    assert low <= diff <= high and high - low > 1  # 300 images cannot pin a difference to a point
+    assert low <= np.mean(per_seed) <= high and high - low > 1  # 3 seeds of 300 images cannot pin it to a point
+    # the p-value is the paired t-test's over seeds, not McNemar's on one seed
     won = int(((var[0].pred == var[0].label) & (base[0].pred != base[0].label)).sum())
     lost = int(((var[0].pred != var[0].label) & (base[0].pred == base[0].label)).sum())
-    assert row["images won / lost"] == f"{won} / {lost}"
-    assert float(row["McNemar p"]) == pytest.approx(mcnemar_exact(won, lost), rel=0.05)  # printed to 2 digits
+    assert row["per-seed Δ (McNemar p)"].startswith(f"{per_seed[0]:+.2f} (")
+    assert f"({float(f'{mcnemar_exact(won, lost):.2g}'):.2g})" in row["per-seed Δ (McNemar p)"].split(";")[0]
+    # Holm: two seed-level comparisons (freeze=none, lr=0.01); the smaller p doubles, the larger is at least it
+    p = {r[0]: float(r[5]) for r in table.rows if r[0] in ("freeze=none", "lr=0.01")}
+    p_holm = {r[0]: float(r[6]) for r in table.rows if r[0] in ("freeze=none", "lr=0.01")}
+    first = min(p, key=p.get)
+    assert p_holm[first] == pytest.approx(min(1, 2 * p[first]), rel=0.05)
+    assert p_holm[max(p, key=p.get)] >= p_holm[first]
     i = next(i for i, r in enumerate(table.rows) if r[0] == "lr=0.01")
-    assert float(row["McNemar p"]) < 0.05 and high < 0 and (i, 2) in table.bold  # clearly worse: in bold
+    assert ((i, 3) in table.bold) == (p_holm["lr=0.01"] < 0.05)  # bold exactly when the adjusted test holds
     assert {r[0] for r in table.rows} == {"freeze=none", "lr=0.01", "diverges", "later", "broken", "cut"}
 
 
-def test_per_class_table_and_references_use_the_best_variants(store):
-    study = results.load_study(store, "ablations")
-    assert report.best_variant(study) == "freeze=none"
-    table = report.per_class_table(study, "freeze=none")
+def test_a_single_seed_is_never_marked_significant(tmp_path):
+    root = tmp_path / "results"
+    labels = np.zeros(2000, dtype=int)
+    write_run(root, "b-0", "baseline", 0, 0.5, labels=labels)
+    write_run(root, "v-0", "better", 0, 0.9, labels=labels)  # 40 points better, on one seed
+    write_manifest(root, "one", [("baseline", 0, "b-0", {}), ("better", 0, "v-0", {"train.lr": 1})])
+    table = tables.effects_table(load_runs(root, "one"), "baseline")
+    (row,) = table.rows
+    assert row[2] == "1" and row[4].endswith("†") and row[5] == "—" and not table.bold
+    assert "test-set noise only" in table.notes[0]
+
+
+def test_per_class_table_and_references_use_the_variants_best_on_validation(store):
+    study = load_runs(store, "ablations")
+    assert describe.best_variant(study) == "freeze=none"
+    table = tables.per_class_table(study, "freeze=none")
     ms = metrics_of(store, [f"freeze-none-{s}" for s in range(3)])
     recall_dog = 100 * np.array([m["test"]["per_class"][1]["recall"] for m in ms])
     dog = dict(zip(table.columns, table.rows[1]))
     assert dog["class"] == "dog" and dog["recall (%)"] == f"{recall_dog.mean():.2f} ± {recall_dog.std(ddof=1):.2f}"
     assert dog["support"] == str(int((LABELS == 1).sum()))
-    assert report.best_by_kind(study) == {"frozen": "baseline", "fine-tuned": "freeze=none"}
-    refs = report.references_table(study)
+    assert describe.best_by_kind(study) == {"frozen": "baseline", "fine-tuned": "freeze=none"}
+    refs = references.references_table(study)
+    col = {c: i for i, c in enumerate(refs.columns)}
     lab = next(r for r in refs.rows if r[0] == "Lab report")
-    assert lab[3:6] == ["80–85", "75–82", "78–85"]  # ranges, as the lab report gives them
-    r50 = next(r for r in refs.rows if r[1].startswith("ResNet-50") and "10-crop" in r[2])
-    assert r50[6] == "22.85 top-1 / 6.71 top-5" and r50[7] == "Table 3, p. 775"
+    assert [lab[col[c]] for c in ("train acc (%)", "val acc (%)", "test acc (%)")] == ["80–85", "75–82", "78–85"]
+    r50 = next(r for r in refs.rows if r[1].startswith("ResNet-50") and "10-crop" in r[col["evaluated on"]])
+    assert r50[col["error (%)"]] == "22.85 top-1 / 6.71 top-5" and r50[col["where"]] == "Table 3, p. 775"
     ours = [r for r in refs.rows if r[0] == "this study"]
-    assert [r[1] for r in ours] == ["best frozen: baseline", "best fine-tuned: freeze=none"]
+    assert [r[1] for r in ours] == [
+        "best frozen (by validation accuracy): baseline",
+        "best fine-tuned (by validation accuracy): freeze=none",
+    ]
+    assert [r[col["vs the lab's recipe"]] for r in ours] == ["the lab's recipe", "model.freeze=none"]
+
+
+def test_selection_uses_validation_even_when_test_disagrees(tmp_path):
+    root = tmp_path / "results"
+    for name, p, val in (("baseline", 0.6, None), ("best-on-test", 0.9, 0.5), ("best-on-val", 0.7, 0.8)):
+        write_run(root, f"{name}-0", name, 0, p)
+        if val is not None:  # a run whose validation accuracy disagrees with its test accuracy
+            m = json.loads((root / "runs" / f"{name}-0" / "metrics.json").read_text())
+            m["best_val_acc"] = val
+            (root / "runs" / f"{name}-0" / "metrics.json").write_text(json.dumps(m))
+    write_manifest(root, "sel", [(n, 0, f"{n}-0", {}) for n in ("baseline", "best-on-test", "best-on-val")])
+    study = load_runs(root, "sel")
+    assert describe.best_variant(study) == "best-on-val"
+    assert describe.best_by_kind(study) == {"frozen": "best-on-val"}
+
+
+def test_rows_say_how_the_recipe_differs_from_the_labs():
+    lab = {
+        "data": {"source": "cifar10"},
+        "input": {"resolution": 224, "normalize": "unit", "augment": "none"},
+        "model": {
+            "weights": "torchvision:IMAGENET1K_V1",
+            "freeze": "backbone",
+            "head": {"hidden": 256, "dropout": 0.5, "norm": False},
+        },
+        "train": {"optimizer": "adam", "lr": 0.001, "batch_size": 32, "epochs": 5, "schedule": "constant"},
+    }
+    assert describe.vs_lab(lab) == "the lab's recipe"
+    ours = json.loads(json.dumps(lab))
+    ours["data"]["source"], ours["input"]["resolution"], ours["model"]["weights"] = "folder", 32, "none"
+    ours["model"]["head"]["norm"] = True
+    said = describe.vs_lab(ours)
+    for words in (
+        "another copy of the data",
+        "input.resolution=32",
+        "random init",
+        "BatchNorm added to the lab's head",
+    ):
+        assert words in said
 
 
 def test_report_page_links_figures_and_states_provenance(store, tmp_path):
     out = tmp_path / "reports"
-    assert main(["report", "--results", str(store), "--out", str(out), "--format", "md",
-                 "--variant", "lr=0.01"]) == 0
+    assert main(["report", "--results", str(store), "--out", str(out), "--format", "md", "--variant", "lr=0.01"]) == 0
     page = (out / "ablations" / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
     assert sorted(links) == ["figures/accuracy_vs_time.png", "figures/confusion.png", "figures/learning_curves.png"]
@@ -178,15 +220,22 @@ def test_report_page_links_figures_and_states_provenance(store, tmp_path):
 
 
 # CI installs TeX (.ci/run) and must never skip this; elsewhere it runs when pdflatex is there.
-@pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"), reason="pdflatex not installed (see .ci/run)")
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None and not os.environ.get("CI"), reason="pdflatex not installed (see .ci/run)"
+)
 def test_latex_report_compiles(store, tmp_path):
     out = tmp_path / "reports"
     assert main(["report", "--results", str(store), "--out", str(out), "--format", "tex"]) == 0
     folder = out / "ablations"
     assert (folder / "figures" / "confusion.pdf").read_bytes()[:5] == b"%PDF-"
     assert r"\toprule" in (folder / "tables" / "results.tex").read_text()
-    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=folder,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout[-3000:]
     assert (folder / "report.pdf").stat().st_size > 10_000
 
@@ -198,7 +247,7 @@ def test_compare_errors_name_the_fix(store, tmp_path, capsys):
 
     assert "did you mean 'baseline'" in err("baselin", "lr=0.01") and "freeze=none" in err("x", "lr=0.01")
     msg = err("baseline", "diverges")
-    assert "no finished run (failed: diverged" in msg and "--retry-failed" in msg
+    assert "no finished run (failed: diverged" in msg and "bench run ablations.yaml" in msg
     write_run(store, "other-0", "fewer-images", 0, 0.8, labels=LABELS[:200], limit_test=200)
     study = json.loads((store / "studies" / "ablations.json").read_text())
     study["variants"].append({"name": "fewer-images", "seed": 0, "run_id": "other-0", "overrides": {}})
@@ -235,4 +284,4 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
         accs.setdefault(v["name"], []).append(m["test"]["accuracy"])
     for name in ("lr=0.01", "baseline"):
         assert f"{100 * np.mean(accs[name]):.2f}" in printed
-    assert "McNemar" in printed and "60 test images" in printed
+    assert "paired t over seeds" in printed and "McNemar" in printed and "60 test images" in printed

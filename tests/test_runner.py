@@ -11,9 +11,9 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from bench.cli import main
-from bench.config import load_study
 from bench.store import Store
-from conftest import TINY
+from bench.study import load_study_file
+from tests.helpers import TINY
 
 
 def study(write_study, name="study.yaml", **extra):
@@ -31,7 +31,13 @@ def test_run_stores_every_result_and_skips_what_is_done(write_study, tmp_path, c
     dirs = run_dirs(results)
     assert len(dirs) == 4
     for d in dirs:
-        assert {p.name for p in d.iterdir()} >= {"config.json", "status.json", "metrics.json", "history.csv", "predictions.csv"}
+        assert {p.name for p in d.iterdir()} >= {
+            "config.json",
+            "status.json",
+            "metrics.json",
+            "history.csv",
+            "predictions.csv",
+        }
         assert not (d / "checkpoint.pt").exists()
         assert json.loads((d / "status.json").read_text())["state"] == "done"
         history = pd.read_csv(d / "history.csv")
@@ -40,7 +46,12 @@ def test_run_stores_every_result_and_skips_what_is_done(write_study, tmp_path, c
         assert metrics["weights"] == "random init (no pretraining)" and metrics["pretrained"] is False
         assert metrics["n_test"] == 60 and metrics["feature_cache"] in ("computed", "hit")
     manifest = json.loads((results / "studies" / "tiny.json").read_text())
-    assert [(v["name"], v["seed"]) for v in manifest["variants"]] == [("baseline", 0), ("baseline", 1), ("lr=0.01", 0), ("lr=0.01", 1)]
+    assert [(v["name"], v["seed"]) for v in manifest["variants"]] == [
+        ("baseline", 0),
+        ("baseline", 1),
+        ("lr=0.01", 0),
+        ("lr=0.01", 1),
+    ]
 
     mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in dirs}
     capsys.readouterr()
@@ -77,10 +88,14 @@ def test_saved_metrics_agree_with_scikit_learn_on_saved_predictions(write_study,
 def test_a_failing_run_is_recorded_and_the_grid_goes_on(write_study, tmp_path, capsys):
     nan = tmp_path / "nan.pth"
     import torchvision
+
     state = torchvision.models.resnet50().state_dict()
     state["layer4.0.conv1.weight"].fill_(float("nan"))
     torch.save(state, nan)
-    path = study(write_study, variants=[{"name": "broken", "set": {"model.weights": f"file:{nan}", "model.freeze": "stem-layer3"}}])
+    path = study(
+        write_study,
+        variants=[{"name": "broken", "set": {"model.weights": f"file:{nan}", "model.freeze": "stem-layer3"}}],
+    )
     results = tmp_path / "results"
     assert main(["run", str(path), "--results", str(results)]) == 1
     out = capsys.readouterr()
@@ -91,7 +106,9 @@ def test_a_failing_run_is_recorded_and_the_grid_goes_on(write_study, tmp_path, c
     assert (status["state"], status["error"], status["epoch"]) == ("failed", "diverged", 1)
     assert main(["run", str(path), "--results", str(results)]) == 1  # still failed, not retried...
     assert json.loads((by_name["broken"] / "status.json").read_text())["finished"] == status["finished"]
-    assert main(["run", str(path), "--results", str(results), "--retry-failed", "--only", "broken"]) == 1  # ...unless asked
+    assert (
+        main(["run", str(path), "--results", str(results), "--retry-failed", "--only", "broken"]) == 1
+    )  # ...unless asked
 
 
 def test_bad_input_exits_2_before_anything_runs(write_study, tmp_path, capsys):
@@ -101,7 +118,8 @@ def test_bad_input_exits_2_before_anything_runs(write_study, tmp_path, capsys):
     assert "train.lr: got -1" in capsys.readouterr().err
     missing = study(write_study, "missing.yaml", defaults={**TINY, "data": {"source": "folder", "path": "nowhere"}})
     assert main(["run", str(missing), "--results", str(results)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "--data-dir DIR" in err  # the command line's own fix, added by the CLI
     if not torch.cuda.is_available():  # an impossible option is named as such, not blamed on the study file
         assert main(["run", str(missing), "--results", str(results), "--device", "cuda"]) == 2
         err = capsys.readouterr().err
@@ -116,13 +134,18 @@ def test_list_shows_grid_cost_and_status(write_study, tmp_path, capsys):
     assert "baseline" in out and "freeze=none" in out and "pending" in out and "TFLOP" in out
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_way_resumes_and_matches_an_uninterrupted_one(write_study, tmp_path):
     cfg = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}, "train": {**TINY["train"], "epochs": 8}}
     path = write_study({"study": "kill", "defaults": cfg})
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    (variant,) = load_study(path).variants
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
+    (variant,) = load_study_file(path).variants
     ckpt = Store(killed).checkpoint(variant.run_id)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -139,15 +162,16 @@ def test_a_run_killed_mid_way_resumes_and_matches_an_uninterrupted_one(write_stu
     a, b = (Store(r).run_dir(variant.run_id) for r in (killed, clean))
     pd.testing.assert_frame_equal(pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv"))
     ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
-    pd.testing.assert_frame_equal(ha.drop(columns=["seconds", "train_images_per_sec"]),
-                                  hb.drop(columns=["seconds", "train_images_per_sec"]))
+    pd.testing.assert_frame_equal(
+        ha.drop(columns=["seconds", "train_images_per_sec"]), hb.drop(columns=["seconds", "train_images_per_sec"])
+    )
 
 
 def test_a_result_whose_config_differs_is_never_reused(write_study, tmp_path):
     path = study(write_study)
     results = tmp_path / "results"
     assert main(["run", str(path), "--results", str(results)]) == 0
-    (variant,) = load_study(path).variants
+    (variant,) = load_study_file(path).variants
     store = Store(results)
     assert store.state(variant) == "done"
     cfg_file = store.run_dir(variant.run_id) / "config.json"
@@ -159,27 +183,38 @@ def test_a_result_whose_config_differs_is_never_reused(write_study, tmp_path):
     assert store.state(variant) is None
 
 
+@pytest.mark.slow
 def test_two_processes_never_train_the_same_run(write_study, tmp_path):
     path = study(write_study)
-    (variant,) = load_study(path).variants
+    (variant,) = load_study_file(path).variants
     store = Store(tmp_path / "results")
     with store.claim(variant.run_id) as mine:
         assert mine
         with Store(tmp_path / "results").claim(variant.run_id) as theirs:
             assert not theirs
-        code = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
-                              capture_output=True, text=True, env=os.environ.copy())
+        code = subprocess.run(
+            [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+        )
         assert code.returncode == 1 and "another bench process is training this run" in code.stderr
     assert main(["run", str(path), "--results", str(store.root)]) == 0
 
 
+@pytest.mark.slow
 def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
     cfg = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}, "train": {**TINY["train"], "epochs": 6}}
     path = write_study({"study": "term", "defaults": cfg})
-    (variant,) = load_study(path).variants
+    (variant,) = load_study_file(path).variants
     store = Store(tmp_path / "results")
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     deadline = time.time() + 120
     while not store.checkpoint(variant.run_id).exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -195,16 +230,18 @@ def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
     assert main(["run", str(path), "--results", str(store.root)]) == 0
     history = pd.read_csv(store.run_dir(variant.run_id) / "history.csv")
     assert list(history.epoch) == [1, 2, 3, 4, 5, 6]
-    assert history.seconds[:len(done_epochs)].tolist() == pytest.approx([h["seconds"] for h in done_epochs])
+    assert history.seconds[: len(done_epochs)].tolist() == pytest.approx([h["seconds"] for h in done_epochs])
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   MemoryError("host")])
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError("host")]
+)
 def test_out_of_memory_is_recorded_with_a_hint(write_study, tmp_path, monkeypatch, error):
     import bench.runner
 
     def oom(*args, **kwargs):
         raise error
+
     monkeypatch.setattr(bench.runner, "fit", oom)
     results = tmp_path / "results"
     assert main(["run", str(study(write_study, ablate={"train.lr": [0.01]})), "--results", str(results)]) == 1

@@ -1,14 +1,14 @@
 import pandas as pd
 import torch
 
-from bench.config import load_study
 from bench.speed import check_targets, run_speed
-from conftest import TINY
+from bench.study import load_study_file
+from tests.helpers import TINY
 
 
 def test_speed_table_has_every_figure_for_frozen_and_trainable_variants(write_study):
     path = write_study({"study": "speed", "defaults": TINY, "ablate": {"model.freeze": ["stem-layer3"]}})
-    table = run_speed(load_study(path).variants, torch.device("cpu"))
+    table = run_speed(load_study_file(path).variants, torch.device("cpu"))
     frozen, tuned = table.iloc[0], table.iloc[1]
     assert (frozen.feature_cache, tuned.feature_cache) == ("computed", "off")
     for col in ("wall_s", "cached_again_s", "uncached_s", "forward_pass_s", "train_img_s", "eval_img_s", "peak_rss_mb"):
@@ -20,7 +20,11 @@ def test_speed_table_has_every_figure_for_frozen_and_trainable_variants(write_st
 
 
 def test_targets_are_judged_on_the_measured_ratios():
-    table = pd.DataFrame([{"uncached_over_cached": 5.0, "cached_over_forward": 1.3, "second_over_first": 0.01,
-                           "rss_growth_pct": 7.0}, {"pipeline_over_model_only": 1.02}])
+    table = pd.DataFrame(
+        [
+            {"uncached_over_cached": 5.0, "cached_over_forward": 1.3, "second_over_first": 0.01, "rss_growth_pct": 7.0},
+            {"pipeline_over_model_only": 1.02},
+        ]
+    )
     assert [ok for _, _, ok in check_targets(table)] == [True, False, True, True, False]
     assert check_targets(table)[1][1] == "1.3"  # the measured value is reported beside the verdict

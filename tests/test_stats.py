@@ -1,15 +1,16 @@
-from math import comb
+from math import comb, sqrt
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
-from bench.stats import compare, mcnemar_exact, paired_bootstrap
+from bench.stats import CONFIDENCE, compare, holm, mcnemar_exact
 
 
 def binomial_two_sided(b, c):
     """McNemar's exact p by hand: twice the smaller binomial tail of Bin(b + c, 1/2), at most 1."""
     n = b + c
-    tail = sum(comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    tail = sum(comb(n, k) for k in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -23,53 +24,217 @@ def test_mcnemar_matches_hand_computed_binomial():
         assert mcnemar_exact(b, c) == pytest.approx(binomial_two_sided(b, c), rel=1e-9)
 
 
-def test_bootstrap_is_deterministic_contains_the_difference_and_has_the_right_width():
-    rng = np.random.default_rng(1)
-    n = 4000
-    a = rng.random(n) < 0.80
-    b = a.copy()
-    flip = rng.random(n) < 0.15  # B disagrees with A on ~15% of the images
-    b[flip] = ~b[flip]
-    observed = a.mean() - b.mean()
-    low, high = paired_bootstrap(a, b, seed=0)
-    assert (low, high) == paired_bootstrap(a, b, seed=0)
-    assert (low, high) != paired_bootstrap(a, b, seed=1)
-    assert low < observed < high
-    # A percentile interval of a mean of 4,000 paired differences is close to the normal one.
-    d = a.astype(float) - b.astype(float)
-    half = 1.96 * d.std() / np.sqrt(n)
-    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+# ---------------------------------------------------------------- compare(): hand-worked numbers
 
 
-def test_bootstrap_of_identical_classifiers_is_a_point():
-    a = np.array([1, 0, 1, 1, 0, 1], dtype=bool)
-    assert paired_bootstrap(a, a, resamples=200) == (0.0, 0.0)
+def test_compare_matches_a_hand_worked_example():
+    # x = A - B per (seed, image):  [1, 1, 0, 0], [1, 0, 0, -1], [1, 1, 1, 0]
+    a = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0]], dtype=bool)
+    b = np.array([[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=bool)
+    c = compare(a, b)
+    # d_s = 1/2, 0, 3/4 -> mean 5/12, sample variance 7/48.
+    assert c.per_seed_diff == pytest.approx((0.5, 0.0, 0.75))
+    assert c.diff == pytest.approx(5 / 12) == pytest.approx(c.acc_a - c.acc_b)
+    assert (c.acc_a, c.acc_b) == (pytest.approx(7 / 12), pytest.approx(2 / 12))
+    # dbar_i = 1, 2/3, 1/3, -1/3 (variance 35/108); w_i = 0, 1/3, 1/3, 1/3 (mean 1/4):
+    # V_common = 35/108 - (1/4)/3 = 13/54, so SE^2 = (7/48)/3 + (13/54)/4 = 47/432.
+    assert c.se == pytest.approx(sqrt(47 / 432))
+    assert c.df == 2 and c.n_seeds == 3 and c.n_images == 4 and c.seed_level
+    half = 4.302652729911275 * sqrt(47 / 432)  # t(2 df, 0.975)
+    assert (c.ci_low, c.ci_high) == (pytest.approx(5 / 12 - half), pytest.approx(5 / 12 + half))
+    assert c.p_value == pytest.approx(2 * student_t.sf((5 / 12) / sqrt(47 / 432), 2))
+    # By hand, with 2 df: t^2 = (25/144) / (47/432) = 75/47 and p = 1 - t / sqrt(t^2 + 2) = 1 - 5 sqrt(3) / 13.
+    assert c.p_value == pytest.approx(1 - 5 * sqrt(3) / 13)
+    assert (c.a_only, c.b_only) == ((2, 1, 3), (0, 1, 0))
+    assert c.mcnemar_p == pytest.approx((0.5, 1.0, 0.25))  # displayed, never the verdict
+    assert c.confidence == CONFIDENCE and c.method == "paired t over 3 seeds + shared test-set variance"
 
 
-def test_compare_counts_discordant_pairs_and_averages_seeds():
-    a = np.array([[1, 1, 1, 1, 0, 0, 1, 1],   # seed 0
-                  [1, 1, 1, 0, 0, 0, 1, 1]], dtype=bool)  # seed 1
-    b = np.array([[1, 0, 0, 1, 1, 0, 0, 1]], dtype=bool)
-    c = compare(a, b, resamples=500)
-    assert (c.a_only, c.b_only) == (3, 1)  # first seeds: A alone right on images 1, 2, 6; B alone on 4
-    assert c.p_value == pytest.approx(mcnemar_exact(3, 1)) == pytest.approx(binomial_two_sided(3, 1))
-    assert c.acc_a == pytest.approx((6 / 8 + 5 / 8) / 2)  # mean accuracy over A's two seeds
-    assert c.acc_b == pytest.approx(4 / 8)
-    assert c.diff == pytest.approx(c.acc_a - c.acc_b)
-    assert c.ci_low <= c.diff <= c.ci_high
-    assert (c.n_images, c.seeds_a, c.seeds_b, c.resamples) == (8, 2, 1, 500)
-    assert compare(a, b, resamples=500) == c  # seeded: the same call gives the same interval
+def test_seeds_that_agree_on_every_image_leave_only_the_test_set_term():
+    rng = np.random.default_rng(3)
+    a1, b1 = rng.random(500) < 0.8, rng.random(500) < 0.7
+    c = compare(np.stack([a1] * 4), np.stack([b1] * 4))
+    x = a1.astype(float) - b1.astype(float)
+    assert c.per_seed_diff == pytest.approx((x.mean(),) * 4)
+    assert c.se == pytest.approx(x.std(ddof=1) / sqrt(500))  # s_d = 0, w_i = 0: V_common = var(x)
 
 
-def test_verdict_needs_both_the_interval_and_the_test():
+def test_identical_predictions_give_p_one_and_a_point_interval():
+    a = np.random.default_rng(0).random((3, 50)) < 0.7
+    c = compare(a, a)
+    assert (c.diff, c.se, c.ci_low, c.ci_high, c.p_value) == (0, 0, 0, 0, 1.0)
+    assert c.verdict("A", "A2").startswith("no clear difference")
+
+
+def test_seeds_are_paired_by_row_and_must_match():
+    a = np.array([[1, 1, 1, 1], [0, 0, 0, 0]], dtype=bool)
+    same = compare(a, a.copy())
+    swapped = compare(a, a[::-1])  # B's seeds in the other order: a different pairing
+    assert same.per_seed_diff == (0.0, 0.0) and same.p_value == 1.0
+    assert swapped.per_seed_diff == (1.0, -1.0)
+    assert (swapped.a_only, swapped.b_only) == ((4, 0), (0, 4))
+    with pytest.raises(ValueError, match="different numbers of seeds: A has 2, B has 3"):
+        compare(a, np.ones((3, 4), bool))
+    with pytest.raises(ValueError, match="different numbers of test images"):
+        compare(np.ones(5, bool), np.ones(6, bool))
+
+
+def test_one_seed_claims_nothing():
     rng = np.random.default_rng(0)
     b = rng.random(2000) < 0.7
     a = b | (rng.random(2000) < 0.3)  # A fixes ~30% of B's mistakes and breaks nothing
-    assert compare(a, b).verdict("A", "B").startswith("A is better than B")
-    assert compare(b, a).verdict("B", "A").startswith("B is worse than A")
-    assert compare(a, a).verdict("A", "A2").startswith("no clear difference")
+    c = compare(a, b)  # a 1-D array is one seed
+    assert (c.n_seeds, c.seed_level, c.p_value, c.df) == (1, False, None, None)
+    x = a.astype(float) - b.astype(float)
+    half = 1.959963984540054 * x.std(ddof=1) / sqrt(2000)  # normal interval: test-set noise only
+    assert (c.ci_low, c.ci_high) == (pytest.approx(x.mean() - half), pytest.approx(x.mean() + half))
+    assert c.ci_low > 0.05  # a large, clear difference on these images...
+    for line in (c.verdict("A", "B"), c.verdict("A", "B", p_adjusted=0.0)):
+        assert "test-set noise only" in line and "nothing is claimed" in line
+        assert "better" not in line and "worse" not in line  # ...is still not a claim about the recipes
+    assert not c.significant(p_adjusted=0.0)
 
 
-def test_compare_rejects_different_numbers_of_images():
-    with pytest.raises(ValueError, match="different numbers of test images"):
-        compare(np.ones(5, bool), np.ones(6, bool))
+def test_verdict_follows_the_adjusted_p_value():
+    rng = np.random.default_rng(0)
+    b = rng.random((5, 2000)) < 0.7
+    a = b | (rng.random((5, 2000)) < 0.3)
+    better = compare(a, b)
+    assert better.p_value < 1e-6
+    assert better.verdict("A", "B").startswith("A is better than B: +")
+    assert compare(b, a).verdict("B", "A").startswith("B is worse than A: -")
+    held_back = better.verdict("A", "B", p_adjusted=0.2)
+    assert held_back.startswith("no clear difference") and "adjusted p=0.2" in held_back
+
+
+# ---------------------------------------------------------------- holm()
+
+
+def test_holm_matches_a_hand_worked_example():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> raised to 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.01, 0.011, 0.5]) == pytest.approx([0.03, 0.03, 0.5])  # monotone step-down
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == [] and holm([None, None]) == [None, None]
+
+
+def test_holm_skips_none_and_does_not_count_it():
+    got = holm([None, 0.01, None, 0.04, 0.03, 0.005])
+    assert got[0] is None and got[2] is None
+    assert got[1:2] + got[3:] == pytest.approx([0.03, 0.06, 0.06, 0.02])  # m = 4, not 6
+    with pytest.raises(ValueError):
+        holm([0.1, 1.5])
+
+
+# ---------------------------------------------------------------- simulations
+# Each image i has a difficulty logit l_i; a run gets it right with probability
+# sigmoid(l_i + r), r being the run's seed shift. r ~ N(0, tau) with tau set so that the
+# accuracy of a run varies by about 1 point (sd) from seed to seed.
+
+N_IMAGES = 10_000
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def shift_for(logits, points):
+    """Logit shift that moves mean accuracy by `points` (fraction), to first order."""
+    p = sigmoid(logits.astype(float))
+    return points / float(np.mean(p * (1 - p)))
+
+
+def runs(rng, logits, shifts):
+    """(len(shifts), images) booleans: one run per shift."""
+    shifts = np.asarray(shifts, dtype=np.float32)[:, None]
+    return rng.random((len(shifts), len(logits)), dtype=np.float32) < sigmoid(logits[None, :] + shifts)
+
+
+def test_identical_recipes_are_rarely_called_different_but_the_old_method_often_did():
+    """200 studies: a baseline + 8 variants with the same recipe, 3 seeds, 10,000 test images."""
+    rng = np.random.default_rng(2024)
+    studies, variants, seeds = 200, 8, 3
+    new = raw = tables_with_a_claim = old_interval = old_verdict = 0
+    for _ in range(studies):
+        logits = rng.normal(2.0, 1.5, N_IMAGES).astype(np.float32)  # a fresh test set, ~81% accuracy
+        tau = shift_for(logits, 0.01)
+        c = runs(rng, logits, rng.normal(0, tau, (variants + 1) * seeds)).reshape(variants + 1, seeds, -1)
+        table = [compare(c[v], c[0]) for v in range(1, variants + 1)]
+        claims = [k.significant(p_adjusted=q) for k, q in zip(table, holm([k.p_value for k in table]))]
+        new += sum(claims)
+        tables_with_a_claim += any(claims)
+        raw += sum(k.significant() for k in table)
+        for v, k in enumerate(table, start=1):
+            # The old method: each image's correctness pooled over seeds, an image-level interval
+            # (normal approximation of the paired bootstrap), and McNemar on the first seeds.
+            d = c[v].mean(0) - c[0].mean(0)
+            excludes_zero = abs(d.mean()) > 1.96 * d.std(ddof=1) / sqrt(N_IMAGES)
+            old_interval += excludes_zero
+            old_verdict += excludes_zero and k.mcnemar_p[0] < 0.05
+    n = studies * variants
+    # Measured: 0.0050 of the 1,600 variants called significant after Holm (0.035 of the tables
+    # hold any claim), 0.045 before adjustment; the old pooled interval excluded 0 for 0.544 of
+    # them and the old verdict (that interval and first-seed McNemar p < 0.05) claimed 0.326.
+    assert new / n <= 0.05, f"{new / n:.4f} of no-effect variants called significant after Holm"
+    assert tables_with_a_claim / studies <= 0.08, f"family-wise error {tables_with_a_claim / studies:.3f}"
+    assert 0.03 <= raw / n <= 0.08, f"unadjusted rate {raw / n:.4f}: the t test should hold its 5%"
+    assert old_interval / n > 0.3, f"old pooled interval: {old_interval / n:.3f}"
+    assert old_verdict / n > 0.15, f"old verdict (interval and first-seed McNemar): {old_verdict / n:.3f}"
+
+
+def test_a_two_point_effect_is_usually_found_with_five_seeds():
+    """Alone (one variant against the baseline, no adjustment): 200 studies, 5 seeds each."""
+    rng = np.random.default_rng(7)
+    studies, seeds = 200, 5
+    found, diffs = 0, []
+    for _ in range(studies):
+        logits = rng.normal(2.0, 1.5, N_IMAGES).astype(np.float32)
+        tau, effect = shift_for(logits, 0.01), np.float32(shift_for(logits, 0.02))
+        k = compare(runs(rng, logits + effect, rng.normal(0, tau, seeds)), runs(rng, logits, rng.normal(0, tau, seeds)))
+        found += k.significant()
+        diffs.append(k.diff)
+    # Measured: found (unadjusted p < 0.05) in 0.635 of studies; mean estimated effect 2.00 points.
+    assert 0.018 < np.mean(diffs) < 0.022
+    assert found / studies > 0.5, f"power {found / studies:.3f}"
+
+
+def coverage(rng, seed_points, effect_mean, effect_sd, seeds, images, studies):
+    """Share of studies whose interval covers the population effect (and share for seed spread only)."""
+    population = rng.normal(2.0, 1.5, 200_000).astype(np.float32)
+    effect = rng.normal(effect_mean, effect_sd, len(population)).astype(np.float32)  # per image, either sign
+    tau = shift_for(population, seed_points)
+    z, w = np.polynomial.hermite_e.hermegauss(40)  # E over the seed shift r ~ N(0, tau)
+    truth = sum(
+        wj * float(sigmoid(population + effect + tau * zj).mean() - sigmoid(population + tau * zj).mean())
+        for zj, wj in zip(z, w / w.sum())
+    )
+    covered = seed_only = 0
+    t_crit = student_t.ppf(0.975, seeds - 1)
+    for _ in range(studies):
+        pick = rng.integers(0, len(population), images)  # a fresh test set from the population
+        k = compare(
+            runs(rng, population[pick] + effect[pick], rng.normal(0, tau, seeds)),
+            runs(rng, population[pick], rng.normal(0, tau, seeds)),
+        )
+        covered += k.ci_low <= truth <= k.ci_high
+        seed_only += abs(k.diff - truth) <= t_crit * np.std(k.per_seed_diff, ddof=1) / sqrt(seeds)
+    return truth, covered / studies, seed_only / studies
+
+
+def test_interval_covers_the_population_effect():
+    # 1 point of seed noise, 3 seeds, 10,000 images; images differ in how much the variant helps.
+    truth, covered, _ = coverage(np.random.default_rng(11), 0.01, 0.4, 1.0, 3, N_IMAGES, 1000)
+    # Measured: population effect +2.21 points, covered in 0.968 of 1,000 studies.
+    assert 0.015 < truth < 0.025
+    assert 0.92 <= covered <= 0.985, f"coverage {covered:.3f}"
+
+
+def test_the_shared_test_set_term_is_needed_when_seeds_agree():
+    # Almost no seed noise (0.1 point), 10 seeds, 2,000 images whose effects vary widely: the
+    # seed spread alone misses the noise of drawing these particular images.
+    truth, covered, seed_only = coverage(np.random.default_rng(12), 0.001, 0.5, 1.5, 10, 2000, 400)
+    # Measured: population effect +0.87 points; covered in 0.980 of 400 studies, by the seed spread
+    # alone in 0.833. With the shared term dominating, t on 9 df is conservative: about 0.976
+    # expected (the normal mass within 2.262), hence the higher upper bound here.
+    assert 0.92 <= covered <= 0.995, f"coverage {covered:.3f}"
+    assert seed_only < 0.88, f"seed spread alone covers {seed_only:.3f}"

@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score
 from bench import data, train
 from bench.config import RunConfig, TrainConfig
 from bench.metrics import classification_metrics
-from conftest import TINY
+from tests.helpers import TINY
 
 
 def tiny(**sections) -> RunConfig:

@@ -1,8 +1,10 @@
-"""Figures for `bench report`, each saved as PNG (for the markdown page) and PDF (for LaTeX).
+"""Figures for `bench report`, each saved as PNG (for the markdown page) and PDF (for LaTeX):
+the data each figure shows (`make_figures`), then the drawing.
 
 Figures are drawn on their own Agg canvas (no pyplot), so nothing depends on a display or
 leaks global state between reports.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +16,52 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bench.report.describe import cache_note, is_random_init
+from bench.report.format import TEST_ACC, mean_std, value
+from bench.report.runs import StudyRuns
+
 EXTENSIONS = {"md": "png", "tex": "pdf"}
 LINESTYLES = ("-", "--", ":", "-.")
+
+
+def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -> dict[str, str]:
+    """Write the three figures; returns {figure name: caption}."""
+    made = {}
+    runs = study.done(variant)
+    matrix = np.sum([r.metrics.test.confusion_matrix for r in runs], axis=0)
+    classes = [c.class_ for c in runs[0].metrics.test.per_class]
+    confusion(matrix, classes, f"{variant}: test confusion matrix", out / "confusion", formats)
+    made["confusion"] = (
+        f"Confusion matrix of '{variant}' on the test set, normalised per true class "
+        f"(rows sum to 1; {len(runs)} seed(s) pooled)."
+    )
+    curves = {}
+    for v in study.variants:
+        histories = [r.history for r in study.done(v) if r.history is not None]
+        if histories:
+            curves[v] = pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
+    if curves:
+        learning_curves(curves, out / "learning_curves", formats)
+        made["learning_curves"] = "Learning curves: loss and accuracy per epoch, mean over each variant's seeds."
+    points = []
+    for v in study.variants:
+        if runs := study.done(v):
+            acc_mean, acc_std = mean_std([value(r, TEST_ACC) for r in runs])
+            points.append(
+                {
+                    "variant": v,
+                    "seconds": np.mean([r.metrics.train_seconds for r in runs]),
+                    "acc": acc_mean,
+                    "acc_std": acc_std,
+                    "pretrained": not is_random_init(study, v),
+                }
+            )
+    accuracy_vs_time(pd.DataFrame(points), out / "accuracy_vs_time", formats)
+    made["accuracy_vs_time"] = (
+        "Test accuracy against training time per run; the grey line joins the "
+        "recipes that no faster recipe beats. " + (cache_note(study) or "")
+    ).strip()
+    return made
 
 
 def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:
@@ -57,12 +103,20 @@ def learning_curves(curves: dict[str, pd.DataFrame], stem: Path, formats: set[st
     """Train/val loss and accuracy per epoch, one line per variant (mean over its seeds)."""
     fig = new_figure(11, 7.5)
     axes = fig.subplots(2, 2, sharex=True)
-    panels = [("train_loss", "train loss"), ("val_loss", "validation loss"),
-              ("train_acc", "train accuracy"), ("val_acc", "validation accuracy")]
+    panels = [
+        ("train_loss", "train loss"),
+        ("val_loss", "validation loss"),
+        ("train_acc", "train accuracy"),
+        ("val_acc", "validation accuracy"),
+    ]
     colors = matplotlib.colormaps["tab10"].colors  # ten colours, then the next line style
     for k, (name, history) in enumerate(curves.items()):
-        style = dict(color=colors[k % len(colors)], linestyle=LINESTYLES[(k // len(colors)) % len(LINESTYLES)],
-                     marker="o" if len(history) < 15 else None, markersize=3)
+        style = dict(
+            color=colors[k % len(colors)],
+            linestyle=LINESTYLES[(k // len(colors)) % len(LINESTYLES)],
+            marker="o" if len(history) < 15 else None,
+            markersize=3,
+        )
         for ax, (column, _) in zip(axes.flat, panels):
             ax.plot(history["epoch"], history[column], label=name, **style)
     for ax, (_, label) in zip(axes.flat, panels):
@@ -71,8 +125,9 @@ def learning_curves(curves: dict[str, pd.DataFrame], stem: Path, formats: set[st
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(4, len(curves)),
-               fontsize=8)
+    fig.legend(
+        *axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(4, len(curves)), fontsize=8
+    )
     return save(fig, stem, formats)
 
 
@@ -88,19 +143,36 @@ def accuracy_vs_time(points: pd.DataFrame, stem: Path, formats: set[str]) -> lis
     for pretrained, marker in ((True, "o"), (False, "s")):
         sel = points[points["pretrained"] == pretrained]
         if len(sel):
-            ax.errorbar(sel["seconds"], sel["acc"], yerr=sel["acc_std"].fillna(0), fmt=marker, capsize=3,
-                        mfc="C0" if pretrained else "none", color="C0" if pretrained else "C3",
-                        label="ImageNet-pretrained" if pretrained else "random init")
+            ax.errorbar(
+                sel["seconds"],
+                sel["acc"],
+                yerr=sel["acc_std"].fillna(0),
+                fmt=marker,
+                capsize=3,
+                mfc="C0" if pretrained else "none",
+                color="C0" if pretrained else "C3",
+                label="ImageNet-pretrained" if pretrained else "random init",
+            )
     frontier = points[points["acc"] >= points["acc"].cummax()]
-    ax.step(frontier["seconds"], frontier["acc"], where="post", color="0.5", linewidth=1, zorder=0,
-            label="best accuracy for the time")
+    ax.step(
+        frontier["seconds"],
+        frontier["acc"],
+        where="post",
+        color="0.5",
+        linewidth=1,
+        zorder=0,
+        label="best accuracy for the time",
+    )
     for _, p in points.iterrows():
         ax.annotate(p["variant"], (p["seconds"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
     positive = points["seconds"][points["seconds"] > 0]
     if len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")
-    ax.set(xlabel="training time per run (s)", ylabel="test accuracy (%)",
-           title="test accuracy against training time (mean ± std over seeds)")
+    ax.set(
+        xlabel="training time per run (s)",
+        ylabel="test accuracy (%)",
+        title="test accuracy against training time (mean ± std over seeds)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save(fig, stem, formats)

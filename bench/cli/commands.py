@@ -1,0 +1,194 @@
+"""One function per `bench` subcommand: load what it needs, call the pipeline, show the result."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from bench.cli import console
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A command-line option that cannot work (the study file itself is fine)."""
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def load(args):
+    from bench.config import ConfigError
+    from bench.study import load_study_file, parse_value, select
+
+    overrides = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(args.study, [f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1"])
+        overrides[key.strip()] = parse_value(value)
+    if args.limit_train is not None:
+        overrides["data.limit_train"] = args.limit_train
+    if args.data_dir:
+        overrides["data.path"] = str(Path(args.data_dir).expanduser().resolve())
+    study = load_study_file(args.study, overrides)
+    try:
+        return study, select(study, args.only)
+    except ConfigError as e:
+        raise ConfigError(e.path, [f"--only {p}" for p in e.problems]) from None
+
+
+def command_line() -> str:
+    return "bench " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:] else "bench run"
+
+
+def cmd_list(args) -> int:
+    from bench.cost import estimate_tflops
+    from bench.store import Store
+    from bench.util import fmt_value
+
+    study, variants = load(args)
+    store = Store(args.results)
+    rows = [
+        {
+            "variant": v.name,
+            "seed": v.seed,
+            "tflop": estimate_tflops(v.config),
+            "run_id": v.run_id,
+            "differs": ", ".join(f"{k}={fmt_value(val)}" for k, val in v.overrides.items()) or "(defaults)",
+            "status": store.state(v) or "pending",
+        }
+        for v in variants
+    ]
+    console.study_listing(f"{study.name}: {len(variants)} runs ({args.study})", rows, sum(r["tflop"] for r in rows))
+    return EXIT_OK
+
+
+def executor(args, device):
+    from bench import launch
+
+    if args.launcher == "ray":
+        return launch.RayTasks(
+            args.address, args.gpus_per_run, args.cpus_per_run, args.max_retries, not args.no_feature_cache
+        )
+    if args.parallel > 1:
+        return launch.WorkerPool(device, args.parallel, not args.no_feature_cache)
+    return launch.InProcess(device, not args.no_feature_cache)
+
+
+def cmd_run(args) -> int:
+    from rich.markup import escape
+
+    from bench.runner import Hooks, drive
+    from bench.store import Store
+
+    study, variants = load(args)
+    device = pick_device(args.device)
+    store = Store(args.results)
+    how = executor(args, device)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+
+    with console.progress() as progress:
+        grid = progress.add_task(f"[bold]{escape(study.name)}[/]", total=len(variants))
+        bars = console.RunBars(progress)
+
+        def started(v):
+            bars.clear()
+            console.err.print(
+                f"[bold]>[/] {escape(v.name)} (seed {v.seed}) -> {store.run_dir(v.run_id)}", highlight=False
+            )
+
+        def ended(r):
+            progress.advance(grid)
+            if r.state == "failed":
+                console.err.print(
+                    f"[red]  failed:[/] {escape(r.error.splitlines()[0])}", highlight=False, soft_wrap=True
+                )
+            elif r.state == "done":
+                console.err.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
+
+        hooks = Hooks(progress=bars, run_started=started, run_ended=ended)
+        results = drive(
+            study, variants, store, how, hooks=hooks, retry_failed=args.retry_failed, command=command_line()
+        )
+        progress.update(grid, completed=len(variants))
+        bars.clear()
+    console.run_summary(results)
+    return EXIT_FAILED_RUNS if any(r.state in ("failed", "busy") for r in results) else EXIT_OK
+
+
+def cmd_speed(args) -> int:
+    from bench.speed import run_speed, write_speed_report
+
+    _, variants = load(args)
+    device = pick_device(args.device)
+    with console.progress(transient=True) as progress:
+        table = run_speed(variants, device, progress=console.RunBars(progress))
+    md, targets = write_speed_report(table, args.out, sys.argv[1:])
+    console.out.width = max(console.out.width, 200)
+    console.out.print(md)
+    for what, measured, ok in targets:
+        console.out.print(
+            f"{'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: {measured}", highlight=False, soft_wrap=True
+        )
+    console.err.print(f"written: {args.out / 'speed.csv'}, {args.out / 'speed.md'}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from bench.report import FORMATS, report
+
+    formats = set(filter(None, args.format.split(",")))
+    if not formats or formats - set(FORMATS):
+        raise UsageError(
+            f"unknown --format {','.join(sorted(formats - set(FORMATS))) or '(empty)'}; use md, tex or md,tex"
+        )
+    for r in report(args.results, args.out, args.study, formats, args.baseline, args.variant):
+        for w in r.warnings:
+            console.warning(w)
+        for page in (p for p in r.files if p.name.startswith("report.")):
+            console.err.print(f"{r.study}: {page}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from bench.report import load_runs, verify
+    from bench.store import Store
+
+    bad = 0
+    for name in [args.study] if args.study else Store(args.results).study_names():
+        checked = verify(load_runs(args.results, name))
+        worst = max((d for _, d in checked), default=0.0)
+        bad += sum(d > 1e-9 for _, d in checked)
+        for run, d in checked:
+            if d > 1e-9:
+                console.err.print(f"[red]{name}: {run.variant} (seed {run.seed}, {run.run_id}) differs by {d:.3g}[/]")
+        console.out.print(
+            f"{name}: {len(checked)} finished runs recomputed with scikit-learn from predictions.csv; "
+            f"largest difference from metrics.json {worst:.2g}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return EXIT_FAILED_RUNS if bad else EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from bench.report import compare
+
+    result = compare(args.results, args.a, args.b, args.study)
+    c = result.comparison
+    console.comparison(f"{result.study.name}: {args.a} vs {args.b} on {c.n_images:,} test images", args.a, args.b, c)
+    return EXIT_OK
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

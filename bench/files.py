@@ -1,0 +1,70 @@
+"""Files on disk: atomic writes and per-path locks, used by every stage that writes.
+
+A file is written to a temporary name beside it, flushed and renamed over the target, so a
+process killed at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (readable by everyone: results are meant to be shared)."""
+    atomic_save(path, lambda f: f.write(text.encode()))
+
+
+def atomic_save(path: Path, write: Callable) -> None:
+    """Call `write(binary file)` on a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        try:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
+    os.chmod(f.name, 0o644)  # tempfile makes 0600 files
+    os.replace(f.name, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Yield True while this process holds the lock file `path`, False if another holder has it.
+
+    The lock is an OS file lock (filelock: flock on Unix, msvcrt on Windows), so the kernel
+    releases it when the holding process dies, however it dies.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

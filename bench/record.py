@@ -1,0 +1,146 @@
+"""The run record: what a run folder holds, and the keys of each file, defined once.
+
+The store writes records through these types and the report side reads them back through
+them, so a file that lacks a key, has a null where a number belongs or the wrong shape is
+caught in one place (`RecordError`) instead of as a traceback deep in a table.
+
+    config.json       RunHeader: run id, study, variant, seed, overrides, the resolved config
+    status.json       RunStatus: running | done | failed (+ why), written last
+    history.csv       HISTORY_COLUMNS, one row per epoch
+    metrics.json      RunMetrics: test metrics from scikit-learn, selection, timings, provenance
+    predictions.csv   PREDICTION_COLUMNS + one probability column per class (p_<class>)
+    checkpoint.pt     the last finished epoch, only while the run is unfinished
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG, STATUS, HISTORY, METRICS, PREDICTIONS, CHECKPOINT = (
+    "config.json",
+    "status.json",
+    "history.csv",
+    "metrics.json",
+    "predictions.csv",
+    "checkpoint.pt",
+)
+DONE_FILES = (METRICS, PREDICTIONS, HISTORY)  # a run is done only when all of these exist
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "train_images_per_sec")
+PREDICTION_COLUMNS = ("index", "label", "pred")
+
+
+class RecordError(ValueError):
+    """A record file that does not have the shape this version of bench writes."""
+
+
+class Record(BaseModel):
+    # Records from newer versions may carry keys this one does not know: keep them, read the rest.
+    model_config = ConfigDict(extra="allow")
+
+
+class ClassMetrics(Record):
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+    class_: str = Field(alias="class")
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class TestMetrics(Record):
+    accuracy: float
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    per_class: list[ClassMetrics]
+    confusion_matrix: list[list[int]]
+
+
+class RunMetrics(Record):
+    test: TestMetrics
+    best_epoch: int  # the epoch whose weights were tested
+    best_val_acc: float
+    final_train_acc: float
+    final_val_acc: float
+    epochs: int
+    train_seconds: float
+    train_images_per_sec: float
+    feature_cache: str = "off"  # off | computed | hit
+    weights: str = "?"  # in words: 'pretrained (torchvision:IMAGENET1K_V1)' or 'random init ...'
+    pretrained: bool = True
+    dataset: str = "?"
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    device: str = "?"
+    precision: str = "?"
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class RunHeader(Record):
+    run_id: str
+    study: str = ""
+    variant: str = ""
+    seed: int = 0
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any]
+
+
+class RunStatus(Record):
+    state: Literal["running", "done", "failed"]
+    started: str | None = None
+    finished: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+class StudyEntry(Record):
+    name: str
+    seed: int
+    run_id: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyManifest(Record):
+    """results/studies/<study>.json: which run each (variant, seed) of a study is."""
+
+    study: str
+    file: str = ""
+    description: str = ""
+    command: str = ""
+    updated: str | None = None
+    variants: list[StudyEntry]
+
+
+def parse(kind: type[Record], obj: Any, what: str) -> Any:
+    """Validate a record read from disk; RecordError names the first bad key."""
+    try:
+        return kind.model_validate(obj)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "(top level)"
+        raise RecordError(f"{what}: {where}: {err['msg'].lower()}") from None
+
+
+def check_predictions(p: pd.DataFrame, n_test: int | None) -> pd.DataFrame:
+    """predictions.csv in image order; RecordError when columns, cells or row count are wrong."""
+    if not set(PREDICTION_COLUMNS) <= set(p.columns) or p[list(PREDICTION_COLUMNS)].isna().any().any():
+        raise RecordError(f"expected columns {', '.join(PREDICTION_COLUMNS)} with no empty cells")
+    if n_test is not None and len(p) != n_test:
+        raise RecordError(f"{len(p)} rows, but metrics.json says {n_test} test images")
+    return p.sort_values("index").reset_index(drop=True)
+
+
+def check_history(h: pd.DataFrame) -> pd.DataFrame:
+    needed = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")
+    if not set(needed) <= set(h.columns):
+        raise RecordError(f"expected columns {', '.join(needed)}")
+    return h

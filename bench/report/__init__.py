@@ -1,0 +1,16 @@
+"""The report side: the results store read back as tables, figures and one page per study.
+
+runs.py        the store's runs read back, damaged ones named (and `verify`)
+format.py      metric columns, number formats, the markdown/LaTeX table renderer
+describe.py    what differs (from the baseline, from the lab), labels, choices on validation
+tables.py      results, ablation effects (seed-level statistics), per-class tables
+references.py  He et al. (2016) and the lab report beside the study's best variants
+figures.py     confusion matrix, learning curves, accuracy against time
+pages.py       report.md and report.tex with provenance
+build.py       `bench report` and `bench compare`
+"""
+
+from bench.report.build import FORMATS, compare, report, write_report
+from bench.report.runs import ReportError, load_runs, verify
+
+__all__ = ["FORMATS", "ReportError", "compare", "load_runs", "report", "verify", "write_report"]

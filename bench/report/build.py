@@ -1,0 +1,164 @@
+"""`bench report` and `bench compare`: read a study's runs, build its tables and figures, write
+its pages. The orchestration only; each table, figure and page is built in its own module.
+
+    reports/<study>/report.md                 tables inline, figures linked, provenance
+                    report.tex                standalone article: \\input's the tables, the PDFs
+                    tables/<name>.md|.tex     results, effects, per_class, references
+                    figures/<name>.png|.pdf   confusion, learning_curves, accuracy_vs_time
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import stats
+from bench.files import atomic_write
+from bench.report.describe import best_variant, status
+from bench.report.figures import EXTENSIONS, make_figures
+from bench.report.pages import page_latex, page_markdown
+from bench.report.references import references_table
+from bench.report.runs import ReportError, StudyRuns, load_runs
+from bench.report.tables import effects_table, paired, per_class_table, results_table
+from bench.store import Store
+from bench.util import did_you_mean
+
+FORMATS = tuple(EXTENSIONS)  # md, tex
+
+
+def unknown_variant(study: StudyRuns, name: str, what: str = "variant") -> str:
+    return (
+        f"{what} '{name}' is not in study '{study.name}'{did_you_mean(name, study.variants)}; its variants "
+        f"are: {', '.join(study.variants)}"
+    )
+
+
+@dataclass
+class Written:
+    study: str
+    files: list[Path]
+    warnings: list[str]
+
+
+def write_report(
+    study: StudyRuns, out: Path, formats: set[str], baseline: str | None = None, variant: str | None = None
+) -> Written:
+    """Write reports/<study>/: tables, figures, report.md and/or report.tex (`formats` within FORMATS)."""
+    for name, what in ((baseline, "baseline"), (variant, "variant")):
+        if name is not None and name not in study.variants:
+            raise ReportError(unknown_variant(study, name, what))
+    if variant is not None and not study.done(variant):
+        raise ReportError(
+            f"variant {variant}: no finished run ({status(study, variant)}); choose another or "
+            f"finish it with `bench run {study.file or 'STUDY.yaml'}`"
+        )
+    warnings = list(study.warnings)
+    if baseline is None:
+        baseline = "baseline" if "baseline" in study.variants else None
+        if baseline is None:
+            warnings.append(
+                f"study {study.name}: no variant named 'baseline', so no ablation-effects table; "
+                "name the baseline variant to get one"
+            )
+    out = Path(out) / study.name
+    variant = variant or best_variant(study)
+
+    tables = [results_table(study, baseline)]
+    if baseline and study.done(baseline):
+        tables.append(effects_table(study, baseline))
+    elif baseline:
+        warnings.append(
+            f"study {study.name}: baseline '{baseline}' has no finished run "
+            f"({status(study, baseline)}), so no ablation-effects table"
+        )
+    if variant:
+        tables.append(per_class_table(study, variant))
+    tables.append(references_table(study))
+    captions = make_figures(study, variant, out / "figures", formats) if variant else {}
+    if not variant:
+        warnings.append(f"study {study.name}: no finished run yet; only the status table is reported")
+
+    written = []
+    for t in tables:
+        for fmt in formats:
+            path = out / "tables" / f"{t.name}.{fmt}"
+            atomic_write(path, (t.markdown() if fmt == "md" else t.latex()) + "\n")
+            written.append(path)
+    written += [out / "figures" / f"{name}.{EXTENSIONS[fmt]}" for name in captions for fmt in formats]
+    for fmt, page in (("md", page_markdown), ("tex", page_latex)):
+        if fmt in formats:
+            atomic_write(out / f"report.{fmt}", page(study, tables, captions, variant, warnings))
+            written.append(out / f"report.{fmt}")
+    return Written(study.name, written, warnings)
+
+
+def report(
+    root: Path,
+    out: Path,
+    study: str | None = None,
+    formats: set[str] = frozenset(FORMATS),
+    baseline: str | None = None,
+    variant: str | None = None,
+) -> list[Written]:
+    """Report one study, or every study in the store. With several studies, one that cannot be
+    reported (unreadable file, no such variant) is skipped with a warning instead of stopping the rest."""
+    names = _studies(root)
+    if study is not None and study not in names:
+        raise ReportError(f"no study '{study}' in {Store(root).root / 'studies'}; studies there: {', '.join(names)}")
+    written = []
+    for name in [study] if study else names:
+        try:
+            written.append(write_report(load_runs(root, name), out, set(formats), baseline, variant))
+        except ReportError as e:
+            if study or len(names) == 1:
+                raise
+            written.append(Written(name, [], [f"study {name} skipped: {e}"]))
+    return written
+
+
+def _studies(root: Path) -> list[str]:
+    names = Store(root).study_names()
+    if not names:
+        raise ReportError(
+            f"no studies in {Path(root) / 'studies'}: run `bench run STUDY.yaml` with this results "
+            "store first, or point at the store that holds them"
+        )
+    return names
+
+
+@dataclass
+class Paired:
+    study: StudyRuns
+    a: str
+    b: str
+    comparison: stats.Comparison
+
+
+def compare(root: Path, a: str, b: str, study: str | None = None, confidence: float = stats.CONFIDENCE) -> Paired:
+    """`bench compare A B`: find the study holding both variants, check their runs, test at the seed level."""
+    names = _studies(root)
+    if study is not None:
+        if study not in names:
+            raise ReportError(f"no study '{study}' in {Path(root) / 'studies'}; studies there: {', '.join(names)}")
+        runs = load_runs(root, study)
+    else:
+        holding = [s for s in (load_runs(root, n) for n in names) if {a, b} <= set(s.variants)]
+        if len(holding) > 1:
+            raise ReportError(
+                f"'{a}' and '{b}' are both in studies {', '.join(s.name for s in holding)}; name the study"
+            )
+        if not holding and len(names) > 1:
+            raise ReportError(
+                f"no study holds both '{a}' and '{b}'; studies: {', '.join(names)} (name the study to see its variants)"
+            )
+        runs = holding[0] if holding else load_runs(root, names[0])
+    for name in (a, b):
+        if name not in runs.variants:
+            raise ReportError(unknown_variant(runs, name))
+        if not runs.done(name):
+            raise ReportError(
+                f"variant '{name}' has no finished run ({status(runs, name)}); run "
+                f"`bench run {runs.file or 'STUDY.yaml'}` on this results store first "
+                "(failed runs are re-run only when asked to retry them)"
+            )
+    return Paired(runs, a, b, paired(runs, a, b, confidence))

@@ -1,0 +1,115 @@
+"""How a report names, labels and chooses variants: what differs from the baseline and from
+the lab's recipe, run status, random-init labels, and the variants chosen on validation."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import pandas as pd
+import yaml
+
+from bench.report.format import VAL_ACC, mean_of
+from bench.report.runs import StudyRuns
+from bench.util import flatten, fmt_value
+
+
+@cache
+def references() -> dict:
+    """bench/references.yaml: the paper's and the lab report's figures, with their sources."""
+    return yaml.safe_load(resources.files("bench").joinpath("references.yaml").read_text())
+
+
+def what_differs(study: StudyRuns, variant: str, baseline: str | None) -> str:
+    """The settings that differ from the baseline run's (from the stored configs when both
+    exist, else the variant's overrides of the study defaults)."""
+    if variant == baseline:
+        return "(baseline)"
+    own, base = study.config(variant), study.config(baseline) if baseline else None
+    if own and base:
+        a, b = flatten(own), flatten(base)
+        diff = {k: a.get(k) for k in sorted(set(a) | set(b)) if k != "seed" and a.get(k) != b.get(k)}
+    else:
+        diff = study.of(variant)[0].overrides
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in diff.items()) or "(same settings)"
+
+
+# How a setting that differs from the lab's is said in a row (the rest: key=value).
+LAB_WORDS = {
+    "data.source": {
+        "folder": "another copy of the data (data.source=folder)",
+        "digits": "sklearn digits, not CIFAR-10",
+    },
+    "model.weights": {"none": "random init (no pretraining)"},
+    "model.head.norm": {True: "BatchNorm added to the lab's head"},
+}
+
+
+def vs_lab(config: dict | None) -> str:
+    """How a stored run config differs from the lab report's recipe (bench/references.yaml)."""
+    if not config:
+        return "?"
+    lab, own = references()["lab_report"]["settings"], flatten(config)
+    said = []
+    for key, lab_value in lab.items():
+        value = own.get(key, lab_value)
+        if value != lab_value and not (isinstance(value, float) and value == lab_value):
+            said.append(LAB_WORDS.get(key, {}).get(value, f"{key}={fmt_value(value)}"))
+    return ", ".join(said) or "the lab's recipe"
+
+
+def status(study: StudyRuns, variant: str) -> str:
+    """'3 done', '2 done, 1 failed', 'failed: diverged', 'pending'."""
+    runs = study.of(variant)
+    counts = pd.Series([r.state for r in runs]).value_counts()
+    if counts.get("done", 0) == 0 and len(counts) == 1 and runs[0].detail:
+        return f"{runs[0].state}: {runs[0].detail}"
+    order = ["done", "failed", "damaged", "running", "pending"]
+    return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+
+
+def is_random_init(study: StudyRuns, variant: str) -> bool:
+    runs = study.done(variant)
+    if runs:
+        return not all(r.metrics.pretrained for r in runs)
+    cfg = study.config(variant)
+    return bool(cfg) and cfg.get("model", {}).get("weights") == "none"
+
+
+def label(study: StudyRuns, variant: str) -> str:
+    return f"{variant} [random init]" if is_random_init(study, variant) else variant
+
+
+def cache_note(study: StudyRuns) -> str | None:
+    """Runs that found their frozen-backbone features cached were timed without the backbone."""
+    cached = [v for v in study.variants if any(r.metrics.feature_cache == "hit" for r in study.done(v))]
+    if cached:
+        return (
+            f"Training time of {', '.join(cached)} leaves out the frozen backbone's pass over the images: "
+            "those runs reused features from the feature cache."
+        )
+    return None
+
+
+# ---- chosen on validation, never on test ---------------------------------------------------------
+
+
+def best_by_kind(study: StudyRuns) -> dict[str, str]:
+    """The variant with the best mean validation accuracy per kind: frozen backbone, fine-tuned, from scratch."""
+    best: dict[str, tuple[float, str]] = {}
+    for v in study.variants:
+        runs = study.done(v)
+        if not runs:
+            continue
+        freeze = (runs[0].config or {}).get("model", {}).get("freeze", "backbone")
+        kind = "frozen" if freeze == "backbone" else "from scratch" if is_random_init(study, v) else "fine-tuned"
+        acc = mean_of(runs, VAL_ACC)
+        if kind not in best or acc > best[kind][0]:
+            best[kind] = (acc, v)
+    return {k: best[k][1] for k in ("frozen", "fine-tuned", "from scratch") if k in best}
+
+
+def best_variant(study: StudyRuns) -> str | None:
+    """The variant with the best mean validation accuracy (the default for the per-class views)."""
+    scored = [(mean_of(study.done(v), VAL_ACC), v) for v in study.variants if study.done(v)]
+    return max(scored)[1] if scored else None

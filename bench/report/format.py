@@ -1,0 +1,139 @@
+"""Numbers and tables as text: metric columns, mean ± std, p-values, markdown and LaTeX tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bench.report.runs import Run
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    path: tuple  # where it lives in the run's RunMetrics
+    scale: float  # 100 for fractions shown as percent
+    decimals: int | None  # None: 3 significant digits
+    better: str | None  # "max" | "min" | None (not ranked)
+
+
+# The results table's metric columns, in order.
+METRICS = (
+    Metric("test acc (%)", ("test", "accuracy"), 100, 2, "max"),
+    Metric("precision (%)", ("test", "precision_macro"), 100, 2, "max"),
+    Metric("recall (%)", ("test", "recall_macro"), 100, 2, "max"),
+    Metric("F1 (%)", ("test", "f1_macro"), 100, 2, "max"),
+    Metric("val acc (%)", ("best_val_acc",), 100, 2, "max"),
+    Metric("epochs", ("epochs",), 1, 0, None),
+    Metric("train time (s)", ("train_seconds",), 1, None, "min"),
+    Metric("images/s", ("train_images_per_sec",), 1, None, "max"),
+)
+TEST_ACC, VAL_ACC = METRICS[0], METRICS[4]
+
+
+def value(run: Run, metric: Metric) -> float:
+    v = run.metrics
+    for key in metric.path:
+        v = getattr(v, key)
+    return float(v) * metric.scale
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single run)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+
+
+def mean_of(runs: list[Run], metric: Metric) -> float:
+    return mean_std([value(r, metric) for r in runs])[0]
+
+
+def fmt_num(x: float, decimals: int | None) -> str:
+    if decimals is None:
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+    return f"{x:,.{decimals}f}"
+
+
+def fmt_mean_std(values: list[float], decimals: int | None) -> str:
+    m, s = mean_std(values)
+    return fmt_num(m, decimals) if np.isnan(s) else f"{fmt_num(m, decimals)} ± {fmt_num(s, decimals)}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or np.isnan(p):
+        return "—"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells to mark
+    notes: list[str] = field(default_factory=list)
+    align: str = ""  # one of l/r per column
+    wrap: dict[int, str] = field(default_factory=dict)  # LaTeX only: column -> width of a wrapping column
+
+    def markdown(self) -> str:
+        escaped = [[c.replace("|", "\\|") for c in row] for row in self.rows]
+        cells = [
+            [f"**{c}**" if (i, j) in self.bold and c else c for j, c in enumerate(row)] for i, row in enumerate(escaped)
+        ]
+        colalign = ["right" if a == "r" else "left" for a in self.align]
+        return pd.DataFrame(cells, columns=self.columns).to_markdown(
+            index=False, disable_numparse=True, colalign=colalign
+        )
+
+    def latex(self) -> str:
+        # wrapping columns may also break after "=" (long overrides such as model.freeze=stem-layer3)
+        escaped = [
+            [tex(c).replace("=", "=\\allowbreak{}") if j in self.wrap else tex(c) for j, c in enumerate(row)]
+            for row in self.rows
+        ]
+        cells = [
+            [f"\\textbf{{{c}}}" if (i, j) in self.bold and c else c for j, c in enumerate(row)]
+            for i, row in enumerate(escaped)
+        ]
+        spec = "".join(
+            f">{{\\raggedright\\arraybackslash}}p{{{self.wrap[j]}}}" if j in self.wrap else a
+            for j, a in enumerate(self.align)
+        )
+        return pd.DataFrame(cells, columns=[tex(c) for c in self.columns]).to_latex(
+            index=False, escape=False, column_format=spec
+        )
+
+
+TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "–": "--",
+    "—": "---",
+    "×": r"$\times$",
+    "→": r"$\to$",
+    "<": r"$<$",
+    ">": r"$>$",
+    "|": r"$|$",
+    "“": "``",
+    "”": "''",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "†": r"\dag{}",
+}
+
+
+def tex(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(ch, ch) for ch in str(text))

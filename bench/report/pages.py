@@ -1,0 +1,147 @@
+"""The report pages: report.md (renders on GitHub) and a standalone report.tex, with the
+provenance a reader needs before trusting the numbers."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.report.describe import is_random_init
+from bench.report.format import Table, tex
+from bench.report.runs import StudyRuns
+
+
+def provenance(study: StudyRuns) -> list[tuple[str, str]]:
+    """(what, value) pairs a reader needs before trusting the numbers."""
+    done = [r for r in study.runs if r.state == "done"]
+
+    def tally(get) -> str:
+        counts = pd.Series([get(r.metrics) for r in done]).value_counts()
+        return "; ".join(f"{k} ({n} run{'s' * (n > 1)})" if len(counts) > 1 else str(k) for k, n in counts.items())
+
+    states = pd.Series([r.state for r in study.runs]).value_counts()
+    return [
+        ("Command", study.command or "(not recorded)"),
+        ("Study file", study.file or "(not recorded)"),
+        ("Runs", ", ".join(f"{n} {s}" for s, n in states.items()) + f" (of {len(study.runs)})"),
+        ("Data set", tally(lambda m: m.dataset)),
+        ("Weights", tally(lambda m: m.weights)),
+        ("Device", tally(lambda m: m.device)),
+        ("Precision", tally(lambda m: m.precision)),
+        ("Software", tally(lambda m: ", ".join(f"{k} {v}" for k, v in m.versions.items()))),
+    ]
+
+
+def random_init_warning(study: StudyRuns) -> str | None:
+    random = [v for v in study.variants if is_random_init(study, v)]
+    if not random:
+        return None
+    who = (
+        "every variant starts"
+        if len(random) == len(study.variants)
+        else f"{len(random)} of {len(study.variants)} variants ({', '.join(random)}) start"
+    )
+    return (
+        f"RANDOM INITIALISATION: {who} from random weights, not ImageNet. Their numbers show "
+        "what the pipeline does without pretraining and say nothing about transfer from ImageNet."
+    )
+
+
+SECTIONS = {
+    "results": "Results",
+    "effects": "Ablation effects",
+    "per_class": "Per class",
+    "references": "Against the paper and the lab report",
+}
+FIGURE_TITLES = {
+    "confusion": "Confusion matrix",
+    "learning_curves": "Learning curves",
+    "accuracy_vs_time": "Accuracy against training time",
+}
+
+
+def page_markdown(
+    study: StudyRuns, tables: list[Table], captions: dict[str, str], variant: str | None, warnings: list[str]
+) -> str:
+    lines = [f"# {study.name}", "", study.description, ""]
+    if warning := random_init_warning(study):
+        lines += [f"> **⚠ {warning}**", ""]
+    lines += ["## How these numbers were made", ""]
+    lines += [
+        f"- **{k}:** `{v}`" if k in ("Command", "Study file") else f"- **{k}:** {v}" for k, v in provenance(study)
+    ]
+    lines.append("")
+    for t in tables:
+        lines += [f"## {SECTIONS[t.name]}", "", t.caption, "", t.markdown(), ""]
+        lines += [f"_{n}_" + "\n" for n in t.notes]
+        if t.name == "per_class" and "confusion" in captions:
+            lines += [f"![confusion matrix of {variant}](figures/confusion.png)", "", captions["confusion"], ""]
+    for name in ("learning_curves", "accuracy_vs_time"):
+        if name in captions:
+            lines += [
+                f"## {FIGURE_TITLES[name]}",
+                "",
+                f"![{FIGURE_TITLES[name]}](figures/{name}.png)",
+                "",
+                captions[name],
+                "",
+            ]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    return "\n".join(lines)
+
+
+def page_latex(
+    study: StudyRuns, tables: list[Table], captions: dict[str, str], variant: str | None, warnings: list[str]
+) -> str:
+    body = [
+        r"\documentclass[10pt]{article}",
+        r"\usepackage[margin=2cm]{geometry}",
+        r"\usepackage{booktabs}",
+        r"\usepackage{graphicx}",
+        r"\usepackage{array}",
+        r"\usepackage{float}",
+        # scale a table down to the text width only when it is wider than that
+        r"\newcommand{\fitwidth}[1]{\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{#1}}",
+        f"\\title{{{tex(study.name)}}}",
+        r"\author{}",
+        r"\date{}",
+        r"\begin{document}",
+        r"\maketitle",
+        tex(study.description),
+        "",
+    ]
+    if warning := random_init_warning(study):
+        body += [
+            r"\medskip\noindent\fbox{\parbox{\dimexpr\linewidth-2\fboxsep-2\fboxrule}{\textbf{" + tex(warning) + "}}}",
+            "",
+        ]
+    body += [r"\section*{How these numbers were made}", r"\begin{itemize}"]
+    body += [
+        f"\\item \\textbf{{{tex(k)}:}} " + (f"\\texttt{{{tex(v)}}}" if k in ("Command", "Study file") else tex(v))
+        for k, v in provenance(study)
+    ]
+    body += [r"\end{itemize}", ""]
+    for t in tables:
+        body += [
+            f"\\section*{{{tex(SECTIONS[t.name])}}}",
+            r"\begin{table}[H]",
+            r"\centering",
+            f"\\caption{{{tex(t.caption)}}}",
+            f"\\fitwidth{{\\input{{tables/{t.name}.tex}}}}",
+        ]
+        body += [f"\\par\\smallskip{{\\footnotesize {tex(n)}}}" for n in t.notes]
+        body += [r"\end{table}", ""]
+    for name, caption in captions.items():
+        body += [
+            r"\begin{figure}[H]",
+            r"\centering",
+            f"\\includegraphics[width=\\linewidth,height=0.8\\textheight,keepaspectratio]{{figures/{name}.pdf}}",
+            f"\\caption{{{tex(caption)}}}",
+            r"\end{figure}",
+            "",
+        ]
+    if warnings:
+        body += [r"\section*{Warnings}", r"\begin{itemize}"] + [f"\\item {tex(w)}" for w in warnings]
+        body += [r"\end{itemize}"]
+    body += [r"\end{document}", ""]
+    return "\n".join(body)

@@ -1,0 +1,163 @@
+"""The report's tables: results per variant, ablation effects against the baseline, per class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.report.describe import cache_note, label, status, vs_lab, what_differs
+from bench.report.format import METRICS, Table, fmt_mean_std, fmt_p, mean_std, value
+from bench.report.runs import ReportError, Run, StudyRuns
+
+
+def results_table(study: StudyRuns, baseline: str | None) -> Table:
+    columns = ["variant", "vs the lab's recipe", "what differs from the baseline", "runs"] + [m.label for m in METRICS]
+    rows, means = [], []
+    for v in study.variants:
+        done = study.done(v)
+        row = [label(study, v), vs_lab(study.config(v)), what_differs(study, v, baseline), status(study, v)]
+        row += [fmt_mean_std([value(r, m) for r in done], m.decimals) if done else "—" for m in METRICS]
+        rows.append(row)
+        means.append([mean_std([value(r, m) for r in done])[0] if done else np.nan for m in METRICS])
+    bold = set()
+    means = np.asarray(means, dtype=float).reshape(len(rows), len(METRICS))
+    for j, m in enumerate(METRICS):
+        col = means[:, j]
+        if m.better and np.isfinite(col).any():
+            best = np.nanmax(col) if m.better == "max" else np.nanmin(col)
+            bold |= {(i, 4 + j) for i in np.flatnonzero(np.isclose(col, best))}
+    return Table(
+        "results",
+        "Results per variant: mean ± std over its finished seeds (sample std); macro-averaged "
+        "precision, recall and F1 on the test set; validation accuracy of the tested epoch; best value per "
+        "column in bold.",
+        columns,
+        rows,
+        bold,
+        notes=[n for n in [cache_note(study)] if n],
+        align="llll" + "r" * len(METRICS),
+        wrap={0: "2.6cm", 1: "3cm", 2: "3cm", 3: "2cm"},
+    )
+
+
+def check_same_test_set(a: Run, b: Run) -> str | None:
+    """Why the two runs' test sets differ, or None when they are the same images in the same order."""
+    da, db = (a.config or {}).get("data", {}), (b.config or {}).get("data", {})
+    keys = ["source", "path", "limit_test"] + (["split_seed"] if da.get("limit_test") or db.get("limit_test") else [])
+    diffs = [f"data.{k} {da.get(k)!r} vs {db.get(k)!r}" for k in keys if da.get(k) != db.get(k)]
+    if diffs:
+        return ", ".join(diffs)
+    la, lb = a.predictions["label"].to_numpy(), b.predictions["label"].to_numpy()
+    if len(la) != len(lb):
+        return f"{len(la)} vs {len(lb)} test images"
+    if (la != lb).any():
+        return "the test labels differ image by image"
+    return None
+
+
+def paired(study: StudyRuns, a: str, b: str, confidence: float = stats.CONFIDENCE) -> stats.Comparison:
+    """Seed-paired comparison of two variants' finished runs: seed s of A against seed s of B, on
+    the same test images (ReportError when the test sets differ or no seed is shared)."""
+    runs_a, runs_b = study.done(a), study.done(b)
+    for r in runs_a[1:] + runs_b:
+        if why := check_same_test_set(runs_a[0], r):
+            raise ReportError(
+                f"'{a}' (seed {runs_a[0].seed}) and '{r.variant}' (seed {r.seed}) were tested on "
+                f"different test images ({why}); a paired comparison needs the same test set: "
+                "compare variants with the same data settings"
+            )
+    seeds = sorted({r.seed for r in runs_a} & {r.seed for r in runs_b})
+    if not seeds:
+        raise ReportError(
+            f"'{a}' (seeds {[r.seed for r in runs_a]}) and '{b}' (seeds {[r.seed for r in runs_b]}) "
+            "share no seed; run both with at least one common seed to pair them"
+        )
+    by_seed = lambda runs: np.stack([next(r for r in runs if r.seed == s).correct for s in seeds])  # noqa: E731
+    return stats.compare(by_seed(runs_a), by_seed(runs_b), confidence=confidence)
+
+
+def effects_table(study: StudyRuns, baseline: str) -> Table:
+    ci = f"{100 * stats.CONFIDENCE:.0f}%"
+    columns = [
+        "variant",
+        "what differs from the baseline",
+        "seeds paired",
+        "Δ test acc (points)",
+        f"{ci} CI (points)",
+        "p",
+        "p (Holm)",
+        "per-seed Δ (McNemar p)",
+    ]
+    rows, comparisons = [], []
+    for v in study.variants:
+        if v == baseline:
+            continue
+        head = [label(study, v), what_differs(study, v, baseline)]
+        c = None
+        if study.done(v):
+            try:
+                c = paired(study, v, baseline)
+            except ReportError as e:
+                reason = "different test images" if "different test images" in str(e) else "no common seed"
+                rows.append(head + [reason, "—", "—", "—", "—", status(study, v)])
+        else:
+            rows.append(head + ["—", "—", "—", "—", "—", status(study, v)])
+        if c is not None:
+            rows.append(
+                head
+                + [
+                    str(c.n_seeds),
+                    f"{100 * c.diff:+.2f}",
+                    f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}" + ("" if c.seed_level else " †"),
+                    fmt_p(c.p_value),
+                    "",
+                    "; ".join(f"{100 * d:+.2f} ({fmt_p(p)})" for d, p in zip(c.per_seed_diff, c.mcnemar_p)),
+                ]
+            )
+        comparisons.append(c)
+    adjusted = stats.holm([c.p_value if c else None for c in comparisons])
+    bold = set()
+    for i, (c, p_adj) in enumerate(zip(comparisons, adjusted)):
+        if c is not None:
+            rows[i][6] = fmt_p(p_adj)
+            if c.significant(p_adjusted=p_adj):
+                bold |= {(i, 3), (i, 6)}
+    tested = sum(p is not None for p in adjusted)
+    caption = (
+        f"Change in test accuracy against '{baseline}'. The seed is the unit of replication: seed s of a "
+        f"variant is paired with seed s of the baseline (same split, same test images). Δ is the mean "
+        "of the per-seed differences; its interval is a Student t interval over the seeds whose standard "
+        "error adds the test-set noise that all seeds share, so it covers training (seed) variance and "
+        "test-set sampling. p: two-sided paired t-test over seeds; p (Holm): adjusted by Holm's step-down "
+        f"method for the {tested} seed-level comparisons in this table. Bold: Holm-adjusted p < 0.05. "
+        "Per-seed McNemar p-values are shown for reference only; the verdict never rests on them."
+    )
+    notes = (
+        [
+            "† one paired seed: the interval covers test-set noise only (no seed variance can be estimated), and "
+            "nothing is marked significant on its strength."
+        ]
+        if any(c and not c.seed_level for c in comparisons)
+        else []
+    )
+    return Table(
+        "effects", caption, columns, rows, bold, notes=notes, align="lllrrrrl", wrap={0: "2.6cm", 1: "3cm", 7: "4cm"}
+    )
+
+
+def per_class_table(study: StudyRuns, variant: str) -> Table:
+    runs = study.done(variant)
+    per_class = [pd.DataFrame([c.model_dump(by_alias=True) for c in r.metrics.test.per_class]) for r in runs]
+    rows = []
+    for i, c in enumerate(per_class[0]["class"]):
+        cells = [fmt_mean_std([100 * pc.loc[i, k] for pc in per_class], 2) for k in ("precision", "recall", "f1")]
+        rows.append([str(c)] + cells + [str(int(per_class[0].loc[i, "support"]))])
+    return Table(
+        "per_class",
+        f"Per-class test metrics of '{variant}' (mean ± std over {len(runs)} seed(s)); the "
+        "variant is the one with the best mean validation accuracy unless chosen by name.",
+        ["class", "precision (%)", "recall (%)", "F1 (%)", "support"],
+        rows,
+        align="lrrrr",
+    )

@@ -1,0 +1,280 @@
+"""Study files: read, validated once at load time, and expanded into variants.
+
+A study file has `defaults` (one run's configuration), then any of
+  ablate:   {dotted.key: [values]}  one variant per value, everything else at the defaults
+  grid:     {dotted.key: [values]}  the cartesian product of all listed keys
+  variants: [{name, set: {dotted.key: value}}]  hand-written extras
+  seeds:    [0, 1, 2]                every variant is repeated once per seed
+Every problem is reported at once, with its key path, the value, what is allowed and the line.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from bench.config import KNOWN_KEYS, ConfigError, RunConfig, Strict
+from bench.util import did_you_mean, flatten, fmt_value
+
+
+class VariantSpec(Strict):
+    name: str = Field(min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] | None = Field(None, min_length=1)  # instead of the study's seeds (costly variants)
+
+
+class StudyFile(Strict):
+    study: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    description: str = ""
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    baseline: bool = True  # include the defaults themselves as the variant 'baseline'
+    ablate: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[VariantSpec] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # what differs from the defaults, e.g. 'freeze=none,lr=0.0001'
+    seed: int
+    overrides: dict[str, Any]  # dotted key -> value, as written in the study file
+    config: RunConfig
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    description: str
+    variants: list[Variant]
+
+
+# ---- YAML with line numbers --------------------------------------------------------------
+
+
+def _line_index(node, prefix=(), out=None) -> dict[tuple, int]:
+    """Map each key path in the YAML document to its 1-based line, so errors can point at it."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            path = prefix + (k.value,)
+            out[path] = k.start_mark.line + 1
+            _line_index(v, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[prefix + (i,)] = v.start_mark.line + 1
+            _line_index(v, prefix + (i,), out)
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    text = path.read_text()
+    try:
+        data, node = yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, [f"YAML syntax error at {where}{getattr(e, 'problem', None) or e}"]) from None
+    return data, _line_index(node) if node is not None else {}
+
+
+# ---- dotted keys ------------------------------------------------------------------------
+
+
+def _check_key(key: str) -> str | None:
+    if key in KNOWN_KEYS:
+        return None
+    hint = did_you_mean(key, KNOWN_KEYS) or f" (known keys: {', '.join(KNOWN_KEYS)})"
+    return f"unknown key '{key}'{hint}"
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _label(keys: list[str], key: str) -> str:
+    """The shortest dotted suffix of `key` that no other key in the study shares."""
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+        tail = ".".join(parts[-n:])
+        if sum(k.split(".")[-n:] == parts[-n:] for k in keys) == 1:
+            return tail
+    return key
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A `--set key=value` value, read as YAML (so 1, 1e-3, true, [a, b] work)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+    """Read, validate and expand a study file. Raises ConfigError listing every problem found.
+
+    `overrides` (dotted key -> value) apply to every variant, after the study file's own values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, [f"no such file (looked for {path.resolve()})"])
+    raw, lines = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["the study file must be a YAML mapping with at least 'study:' and 'defaults:'"])
+
+    def at(*loc) -> str:
+        for n in range(len(loc), 0, -1):
+            if tuple(loc[:n]) in lines:
+                return f" (line {lines[tuple(loc[:n])]})"
+        return ""
+
+    try:
+        spec = StudyFile.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(
+            path, [_describe(err, err["loc"], at(*err["loc"]), StudyFile) for err in e.errors()]
+        ) from None
+
+    overrides = dict(overrides or {})
+    problems: list[str] = []
+    defaults = flatten(spec.defaults)
+    for key in defaults:
+        if msg := _check_key(key):
+            problems.append(f"defaults.{key}: {msg}{at('defaults', *key.split('.'))}")
+    for section in ("ablate", "grid"):
+        for key, values in getattr(spec, section).items():
+            if msg := _check_key(key):
+                problems.append(f"{section}.{key}: {msg}{at(section, key)}")
+            if not values:
+                problems.append(f"{section}.{key}: empty list of values{at(section, key)}")
+    for i, v in enumerate(spec.variants):
+        for key in v.set:
+            if msg := _check_key(key):
+                problems.append(f"variants[{i}] ({v.name}).set.{key}: {msg}{at('variants', i, 'set', key)}")
+    for key in overrides:
+        if msg := _check_key(key):
+            problems.append(f"--set {key}: {msg}")
+    if problems:
+        raise ConfigError(path, problems)
+
+    # (name, overrides as dotted keys, seeds, where they came from in the file)
+    candidates: list[tuple[str, dict[str, Any], list[int], tuple]] = []
+    if spec.baseline:
+        candidates.append(("baseline", {}, spec.seeds, ("defaults",)))
+    axis_keys = list(spec.ablate) + list(spec.grid)
+    for key, values in spec.ablate.items():
+        for i, value in enumerate(values):
+            candidates.append(
+                (f"{_label(axis_keys, key)}={fmt_value(value)}", {key: value}, spec.seeds, ("ablate", key, i))
+            )
+    if spec.grid:
+        keys = list(spec.grid)
+        for combo in itertools.product(*spec.grid.values()):
+            name = ",".join(f"{_label(axis_keys, k)}={fmt_value(v)}" for k, v in zip(keys, combo))
+            candidates.append((name, dict(zip(keys, combo)), spec.seeds, ("grid",)))
+    for i, v in enumerate(spec.variants):
+        candidates.append((v.name, dict(v.set), v.seeds or spec.seeds, ("variants", i)))
+    if not candidates:
+        problems.append("the study has no variants: set baseline: true, or give ablate, grid or variants")
+
+    seen: dict[str, tuple] = {}
+    variants: list[Variant] = []
+    base_dir = path.resolve().parent
+    for name, sets, seeds, origin in candidates:
+        if name in seen:
+            problems.append(
+                f"duplicate variant name '{name}'{at(*origin)} (first defined{at(*seen[name])}); "
+                "give hand-written variants unique names"
+            )
+            continue
+        seen[name] = origin
+        for seed in seeds:
+            tree = copy.deepcopy(spec.defaults)
+            set_dotted(tree, "seed", seed)
+            for key, value in {**sets, **overrides}.items():
+                set_dotted(tree, key, value)
+            try:
+                cfg = RunConfig.model_validate(tree)
+            except ValidationError as e:
+                for err in e.errors():
+                    key = ".".join(map(str, err["loc"]))
+                    if key in overrides:
+                        src = " (from --set)"
+                    elif key in sets:
+                        src = at(*origin, "set", key) if origin[0] == "variants" else at(*origin)
+                    else:
+                        src = at("defaults", *err["loc"])
+                    problems.append(f"variant '{name}': " + _describe(err, err["loc"], src))
+                break
+            cfg = _resolve_paths(cfg, base_dir)
+            variants.append(Variant(name, seed, sets, cfg))
+    if problems:
+        raise ConfigError(path, sorted(set(problems), key=problems.index))
+
+    return Study(spec.study, path, spec.description, variants)
+
+
+def select(study: Study, patterns: list[str] | None) -> list[Variant]:
+    """The variants whose name matches any glob pattern (all of them when there is none)."""
+    if not patterns:
+        return study.variants
+    chosen = [v for v in study.variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
+    if not chosen:
+        names = list(dict.fromkeys(v.name for v in study.variants))
+        raise ConfigError(study.path, [f"{' or '.join(patterns)} matches no variant; variants are: {', '.join(names)}"])
+    return chosen
+
+
+def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
+    """Relative data and checkpoint paths are relative to the study file's folder."""
+    data, model = cfg.data, cfg.model
+    if data.path and not Path(data.path).expanduser().is_absolute():
+        data = data.model_copy(update={"path": str((base_dir / data.path).resolve())})
+    if model.weights.startswith("file:"):
+        p = Path(model.weights[5:]).expanduser()
+        if not p.is_absolute():
+            model = model.model_copy(update={"weights": f"file:{(base_dir / p).resolve()}"})
+    return cfg.model_copy(update={"data": data, "model": model})
+
+
+def _describe(err: dict, loc: tuple, where: str, root: type[BaseModel] = RunConfig) -> str:
+    key = ".".join(map(str, loc)) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key" + did_you_mean(str(loc[-1]), _siblings(loc, root))
+    elif err["type"] == "literal_error":
+        msg = f"got {err['input']!r}; {msg[0].lower()}{msg[1:]}"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg = f"got {err['input']!r}; {msg[0].lower()}{msg[1:]}"
+    return f"{key}: {msg}{where}"
+
+
+def _siblings(loc: tuple, root: type[BaseModel]) -> list[str]:
+    """Field names beside the one at `loc`, to suggest a close match for a misspelt key."""
+    if root is StudyFile:
+        return list(VariantSpec.model_fields) if loc[0] == "variants" and len(loc) > 2 else list(StudyFile.model_fields)
+    model = root
+    for part in loc[:-1]:
+        ann = getattr(model.model_fields.get(str(part)), "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model = ann
+    return list(model.model_fields)
