@@ -6,7 +6,8 @@ caught in one place (`RecordError`) instead of as a traceback deep in a table.
 
     config.json       RunHeader: run id, study, variant, seed, overrides, the resolved config
     status.json       RunStatus: running | done | failed (+ why), written last
-    history.csv       HISTORY_COLUMNS, one row per epoch
+    history.csv       HISTORY_COLUMNS, one row per epoch: lr is the mean learning rate over the
+                      epoch's steps; train and val loss both include train.label_smoothing
     metrics.json      RunMetrics: test metrics from scikit-learn, selection, timings, provenance
     predictions.csv   PREDICTION_COLUMNS + one probability column per class (p_<class>)
     checkpoint.pt     the last finished epoch, only while the run is unfinished
@@ -61,8 +62,8 @@ class TestMetrics(Record):
 
 class RunMetrics(Record):
     test: TestMetrics
-    best_epoch: int  # the epoch whose weights were tested
-    best_val_acc: float
+    best_epoch: int  # the epoch whose weights were tested (train.select: best or last)
+    best_val_acc: float  # validation accuracy of that epoch (the best one unless train.select is last)
     final_train_acc: float
     final_val_acc: float
     epochs: int

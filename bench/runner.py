@@ -192,7 +192,7 @@ def execute(
         metrics = RunMetrics(
             test=classification_metrics(y, preds, dataset.classes),
             best_epoch=outcome.best_epoch,
-            best_val_acc=max(h["val_acc"] for h in outcome.history),
+            best_val_acc=outcome.history[outcome.best_epoch - 1]["val_acc"],  # the tested epoch's, also for 'last'
             final_train_acc=last["train_acc"],
             final_val_acc=last["val_acc"],
             epochs=len(outcome.history),

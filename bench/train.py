@@ -141,6 +141,7 @@ def fit(
         net.train()
         order = torch.randperm(n_train).to(device)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        lr_sum = 0.0  # the learning rate each step of this epoch used (history's lr is their mean)
         advance = progress(f"epoch {epoch}/{tc.epochs} train", n_train) if progress else None
         for step, i in enumerate(range(0, n_train, tc.batch_size)):
             idx = order[i : i + tc.batch_size]
@@ -154,6 +155,7 @@ def fit(
                 raise Diverged(epoch, step, loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr_sum += optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * len(y)
@@ -161,14 +163,14 @@ def fit(
             if advance:
                 advance(len(y))
         train_seconds = time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
         val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype)
-        val_loss = F.cross_entropy(val_logits, labels["val"]).item()
+        # the same loss as in training (label smoothing included), so the two curves are comparable
+        val_loss = F.cross_entropy(val_logits, labels["val"], label_smoothing=tc.label_smoothing).item()
         val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
         history.append(
             {
                 "epoch": epoch,
-                "lr": lr,
+                "lr": lr_sum / steps_per_epoch,
                 "train_loss": loss_sum.item() / n_train,
                 "train_acc": correct.item() / n_train,
                 "val_loss": val_loss,

@@ -248,3 +248,15 @@ def test_out_of_memory_is_recorded_with_a_hint(write_study, tmp_path, monkeypatc
     statuses = [json.loads((d / "status.json").read_text()) for d in run_dirs(results)]
     assert len(statuses) == 2 and all(s["state"] == "failed" and s["error"] == "out of memory" for s in statuses)
     assert "smaller train.batch_size" in statuses[0]["detail"]
+
+
+def test_recorded_validation_accuracy_is_the_tested_epochs(write_study, tmp_path):
+    path = write_study(
+        {"study": "last", "defaults": {**TINY, "train": {**TINY["train"], "epochs": 3, "select": "last"}}}
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    (d,) = run_dirs(results)
+    history = pd.read_csv(d / "history.csv")
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 3 and metrics["best_val_acc"] == pytest.approx(history.val_acc.iloc[-1])

@@ -9,6 +9,7 @@ from sklearn.metrics import f1_score
 from bench import data, train
 from bench.config import RunConfig, TrainConfig
 from bench.metrics import classification_metrics
+from bench.transforms import BatchTransform
 from tests.helpers import TINY
 
 
@@ -94,3 +95,28 @@ def test_metrics_match_hand_computed_values():
     assert m["f1_macro"] == pytest.approx(f1_score(y, p, average="macro"))
     assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert [c["support"] for c in m["per_class"]] == [3, 2, 1]
+
+
+def test_history_lr_is_the_mean_rate_each_epoch_used():
+    cfg = tiny(train={"epochs": 3, "schedule": "cosine", "warmup_epochs": 1})
+    out = train.fit(cfg, data.load(cfg.data), torch.device("cpu"))
+    steps = -(-len(data.load(cfg.data).train) // cfg.train.batch_size)
+    for h in out.history:
+        used = [
+            cfg.train.lr * train.lr_factor(cfg.train, s, steps)
+            for s in range((h["epoch"] - 1) * steps, h["epoch"] * steps)
+        ]
+        assert h["lr"] == pytest.approx(np.mean(used))
+    assert out.history[0]["lr"] < out.history[1]["lr"]  # warm-up, then the top of the cosine
+
+
+def test_validation_loss_uses_the_training_loss_and_select_last_reports_its_own_epoch(tmp_path):
+    cfg = tiny(train={"epochs": 3, "label_smoothing": 0.3, "select": "last"})
+    ds = data.load(cfg.data)
+    out = train.fit(cfg, ds, torch.device("cpu"))
+    model = out.model.eval()
+    with torch.no_grad():
+        logits = model(BatchTransform(cfg.input, train=False)(ds.val.x))
+    smoothed = torch.nn.functional.cross_entropy(logits, ds.val.y, label_smoothing=0.3).item()
+    assert out.history[-1]["val_loss"] == pytest.approx(smoothed, rel=1e-4)
+    assert out.best_epoch == 3  # select: last
