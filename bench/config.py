@@ -6,8 +6,6 @@ Study files (which expand into many of these) are read by `bench.study`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -99,18 +97,13 @@ class TrainConfig(Strict):
 
 
 class RunConfig(Strict):
-    """Everything that determines a run's result; its hash is the run's identity."""
+    """Everything that determines a run's result (with the data's and weights' fingerprints: bench.identity)."""
 
     data: DataConfig = DataConfig()
     input: InputConfig = InputConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seed: int = 0
-
-    @property
-    def run_id(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 class ConfigError(Exception):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bench import identity
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.device import autocast
@@ -26,19 +27,18 @@ def cacheable(cfg: RunConfig) -> bool:
     return cfg.model.freeze == "backbone" and cfg.input.augment == "none"
 
 
-def cache_key(cfg: RunConfig, dtype: torch.dtype | None) -> str:
+def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None) -> str:
+    """The features' identity: the images' content and split, the weights' content, the input
+    pipeline, the precision; never a path, so moved data or weights still hit and changed ones never do."""
     what = {
         "arch": cfg.model.arch,
-        "weights": cfg.model.weights,
+        "weights": identity.weights_fingerprint(cfg.model),
         "input": cfg.input.model_dump(mode="json"),
-        "data": cfg.data.model_dump(mode="json"),
+        "data": data.fingerprint,
         "dtype": str(dtype),
     }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
         what["seed"] = cfg.seed
-    elif cfg.model.weights.startswith("file:"):  # a rewritten checkpoint must not hit old features
-        st = Path(cfg.model.weights[5:]).stat()
-        what["file"] = [st.st_size, st.st_mtime_ns]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -77,7 +77,7 @@ def split_features(
     progress=None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """{'train'|'val'|'test': (N, 2048) features} from `cache_dir` or computed now; and whether it hit."""
-    path = cache_dir / f"{cache_key(cfg, dtype)}.pt"
+    path = cache_dir / f"{cache_key(cfg, data, dtype)}.pt"
     if path.exists():
         try:
             feats = torch.load(path, map_location=device, weights_only=True)

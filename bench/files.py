@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,15 +52,21 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def cache_root() -> Path:
+    """Where decoded images, features and fingerprints are cached ($BENCH_CACHE, else ~/.cache/bench)."""
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+
+
 @contextlib.contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """Yield True while this process holds the lock file `path`, False if another holder has it.
+def try_lock(path: Path, wait: bool = False) -> Iterator[bool]:
+    """Yield True while this process holds the lock file `path`, False if another holder has it
+    (with `wait`, block until it is free instead).
 
     The lock is an OS file lock (filelock: flock on Unix, msvcrt on Windows), so the kernel
     releases it when the holding process dies, however it dies.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, timeout=0)
+    lock = FileLock(path, timeout=-1 if wait else 0)
     try:
         lock.acquire()
     except Timeout:
@@ -68,3 +76,36 @@ def try_lock(path: Path) -> Iterator[bool]:
         yield True
     finally:
         lock.release()
+
+
+class NotWritable(Exception):
+    """A folder bench must write to that it cannot: says which path, why, and how to fix it."""
+
+
+def check_writable(folder: Path, name: str, what: str) -> None:
+    """Raise NotWritable unless `folder` can be created and a file called `name` written in it."""
+    folder = Path(folder)
+    missing = None  # the topmost folder this check creates, removed again afterwards
+    for parent in [folder, *folder.parents]:
+        if not parent.exists():
+            missing = parent
+        else:
+            if not parent.is_dir():
+                raise NotWritable(
+                    f"{what}: {parent} is a file where a folder should be; move it or choose another path"
+                )
+            break
+    probe = folder / f".{name}.check"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+        if missing is not None:
+            shutil.rmtree(missing)
+    except OSError as e:
+        fix = {
+            errno.ENAMETOOLONG: "use a shorter name",
+            errno.ENOSPC: "free some space",
+            errno.EROFS: "choose a writable path",
+        }.get(e.errno, "fix its permissions or choose another path")
+        raise NotWritable(f"{what}: cannot write {folder / name} ({e.strerror}); {fix}") from None

@@ -91,6 +91,8 @@ class RunHeader(Record):
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any]
+    identity: dict[str, Any] | None = None  # settings without paths + data/weights fingerprints (bench.identity)
+    code: dict[str, str] = Field(default_factory=dict)  # bench (version+source hash), torch, torchvision, timm
 
 
 class RunStatus(Record):

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from bench import data as data_mod
+from bench import identity
 from bench.device import device_name
 from bench.metrics import classification_metrics
 from bench.models import build_backbone, describe_weights
@@ -44,6 +45,7 @@ class Hooks:
     progress: Callable | None = None  # progress(description, total) -> advance(n)
     run_started: Callable[[Variant], None] = lambda v: None
     run_ended: Callable[[RunResult], None] = lambda r: None
+    waiting: Callable[[Variant], None] = lambda v: None  # another process holds this run: waiting for it
 
 
 class Inputs:
@@ -104,24 +106,41 @@ def drive(
     *,
     hooks: Hooks | None = None,
     retry_failed: bool = False,
+    rerun_stale: bool = False,
     command: str | None = None,
 ) -> list[RunResult]:
-    """Pending -> pre-flight -> record the study -> execute -> one result per variant, in study order."""
+    """Fingerprint -> pending -> pre-flight -> record the study -> execute -> one result per variant."""
     hooks = hooks or Hooks()
-    todo = pending(store, variants, retry_failed)
     executor.check()
+    variants, _ = identity.resolve(variants)  # data or weights missing: stop before anything is written
+    if rerun_stale:  # runs made by other code: keep them aside, make them anew
+        for v in dict.fromkeys(v for v in variants if store.state(v) == "done" and store.other_code(v)):
+            store.set_aside(v.run_id)
+    todo = pending(store, variants, retry_failed)
     inputs = Inputs()
-    inputs.preflight(todo)  # missing data or weights: stop before any run starts
+    inputs.preflight(todo)
     if command is not None:
-        store.record_study(study, command)
+        store.record_study(study, variants, command)
     finished: dict[int, RunResult] = {}
 
     def done(v: Variant, result: RunResult) -> None:
-        finished[id(v)] = result
-        hooks.run_ended(result)
+        if result.state != "busy":
+            finished[id(v)] = result
+            hooks.run_ended(result)
 
     if todo:
         executor.run(study, todo, store, inputs, hooks, done)
+    # Runs another bench process was training: wait for it to let go, then take what it left.
+    busy = [v for v in todo if id(v) not in finished]
+    for v in busy:
+        hooks.waiting(v)
+        with store.claim(v.run_id, wait=True):
+            pass
+    again = pending(store, busy, retry_failed)
+    if again:
+        executor.run(study, again, store, inputs, hooks, done)
+    for v in again:  # taken again by yet another process meanwhile
+        finished.setdefault(id(v), RunResult(v, "busy", error="another bench process is training this run"))
     return collect(store, variants, finished)
 
 

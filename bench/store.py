@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import record
+from bench import identity, record
 from bench.files import atomic_write, now, read_json, try_lock, write_json
 from bench.record import RunHeader, RunMetrics, RunStatus, StudyManifest
+from bench.config import RunConfig
 from bench.study import Study, Variant
+
+NO_SPACE = "no space left"  # a failure of the disk, not of the run: retried by the next `bench run`
 
 
 class Store:
@@ -48,19 +51,39 @@ class Store:
         """'done', 'failed', 'running' (or cut off), or None for a run never started."""
         d = self.run_dir(variant.run_id)
         try:
-            status = self.read_status(variant.run_id).state
-            saved = self.read_header(variant.run_id).config
+            status = self.read_status(variant.run_id)
+            header = self.read_header(variant.run_id)
+            # the saved config must say what the saved identity says (a hand edit of either shows)
+            saved = identity.identity(RunConfig.model_validate(header.config), variant.fingerprints)
         except (OSError, ValueError):
             return None
-        if saved != variant.config.model_dump(mode="json"):
-            return None  # never reuse a result whose config differs (hand edit, hash collision)
-        if status == "done" and not all((d / f).exists() for f in record.DONE_FILES):
+        if not header.identity == saved == identity.identity(variant.config, variant.fingerprints):
+            return None  # never reuse a result made from other settings, data or weights (hand edit, collision)
+        if status.state == "done" and not all((d / f).exists() for f in record.DONE_FILES):
             return None
-        return status
+        if status.state == "failed" and status.error == NO_SPACE:
+            return None  # the disk was full: nothing wrong with the run, try again
+        return status.state
 
-    def claim(self, run_id: str) -> AbstractContextManager[bool]:
-        """Yields True while this process holds the run's lock, False if another process does."""
-        return try_lock(self.run_dir(run_id) / ".lock")
+    def other_code(self, variant: Variant) -> dict[str, tuple[str, str]]:
+        """{package: (version that made the stored run, version here)} where they differ."""
+        try:
+            made_by = self.read_header(variant.run_id).code
+        except (OSError, ValueError):
+            return {}
+        here = identity.code_versions()
+        return {k: (made_by.get(k, "?"), v) for k, v in here.items() if made_by.get(k) != v}
+
+    def set_aside(self, run_id: str) -> Path:
+        """Move a run's folder out of the way (kept, never overwritten) so the run can be made anew."""
+        aside = self.root / "runs" / f"{run_id}.replaced-{now().replace(':', '')}"
+        os.replace(self.run_dir(run_id), aside)
+        return aside
+
+    def claim(self, run_id: str, wait: bool = False) -> AbstractContextManager[bool]:
+        """Yields True while this process holds the run's lock, False if another process does
+        (with `wait`, once the other process has let go)."""
+        return try_lock(self.run_dir(run_id) / ".lock", wait)
 
     def start(self, variant: Variant, study: str) -> None:
         d = self.run_dir(variant.run_id)
@@ -71,6 +94,8 @@ class Store:
             seed=variant.seed,
             overrides=variant.overrides,
             config=variant.config.model_dump(mode="json"),
+            identity=identity.identity(variant.config, variant.fingerprints),
+            code=identity.code_versions(),
         )
         write_json(d / record.CONFIG, header.model_dump(mode="json"))
         self._status(variant.run_id, RunStatus(state="running", started=now(), pid=os.getpid()))
@@ -93,19 +118,47 @@ class Store:
         status.host = socket.gethostname()
         write_json(self.run_dir(run_id) / record.STATUS, status.model_dump(mode="json", exclude_none=True))
 
-    def record_study(self, study: Study, command: str) -> None:
+    def record_study(self, study: Study, variants: list[Variant], command: str) -> None:
+        """Point the study's manifest at these variants' runs; entries of variants not run now
+        (--only) or run with other settings (--set: another label) are kept, so a partial re-run
+        never hides a finished run."""
+        entries = [
+            record.StudyEntry(name=study.label(v), seed=v.seed, run_id=v.run_id, overrides=v.overrides)
+            for v in variants
+        ]
+        new = {(e.name, e.seed) for e in entries}
+        try:
+            kept = [e for e in self.read_manifest(study.name).variants if (e.name, e.seed) not in new]
+        except (OSError, ValueError):
+            kept = []
         manifest = StudyManifest(
             study=study.name,
             file=str(study.path),
             description=study.description,
             command=command,
             updated=now(),
-            variants=[
-                record.StudyEntry(name=v.name, seed=v.seed, run_id=v.run_id, overrides=v.overrides)
-                for v in study.variants
-            ],
+            variants=kept + entries,
         )
         write_json(self.study_file(study.name), manifest.model_dump(mode="json"))
+
+    def replaced(self, study: Study, variant: Variant) -> str | None:
+        """Why the run the manifest holds for this variant is not this one: 'data changed',
+        'weights changed' (its results are stale and kept aside), or None."""
+        try:
+            entry = next(
+                e
+                for e in self.read_manifest(study.name).variants
+                if (e.name, e.seed) == (study.label(variant), variant.seed)
+            )
+            old = self.read_header(entry.run_id).identity or {}
+        except (OSError, ValueError, StopIteration):
+            return None
+        if entry.run_id == variant.run_id:
+            return None
+        current = identity.identity(variant.config, variant.fingerprints)
+        changed = [k for k in ("data", "weights") if old.get("fingerprints", {}).get(k) != current["fingerprints"][k]]
+        settings = lambda tree: {k: v for k, v in tree.items() if k != "fingerprints"}
+        return f"{' and '.join(changed)} changed" if changed and settings(old) == settings(current) else None
 
     # ---- reading (OSError when a file is missing, RecordError when it is malformed) -------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from bench.config import KNOWN_KEYS, ConfigError, RunConfig, Strict
+from bench.identity import Fingerprints, run_id
 from bench.util import did_you_mean, flatten, fmt_value
 
 
@@ -47,10 +48,16 @@ class Variant:
     seed: int
     overrides: dict[str, Any]  # dotted key -> value, as written in the study file
     config: RunConfig
+    fingerprints: Fingerprints | None = None  # set by bench.identity.resolve: what the data and weights are
 
     @property
     def run_id(self) -> str:
-        return self.config.run_id
+        """The run's identity: its configuration without paths, and its data and weights fingerprints."""
+        if self.fingerprints is None:
+            raise LookupError(
+                f"variant {self.name}: its data and weights are not fingerprinted yet (bench.identity.resolve)"
+            )
+        return run_id(self.config, self.fingerprints)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,15 @@ class Study:
     path: Path
     description: str
     variants: list[Variant]
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to every variant (`--set`)
+
+    def label(self, v: Variant) -> str:
+        """The variant's name in the results, with the settings changed for this invocation:
+        'baseline [train.epochs=1]'. Paths are left out: where the data lie is not what they are."""
+        changed = {k: val for k, val in self.overrides.items() if k != "data.path"}
+        return v.name + (
+            " [" + ", ".join(f"{k}={fmt_value(val)}" for k, val in changed.items()) + "]" if changed else ""
+        )
 
 
 # ---- YAML with line numbers --------------------------------------------------------------
@@ -229,7 +245,7 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -
     if problems:
         raise ConfigError(path, sorted(set(problems), key=problems.index))
 
-    return Study(spec.study, path, spec.description, variants)
+    return Study(spec.study, path, spec.description, variants, overrides)
 
 
 def select(study: Study, patterns: list[str] | None) -> list[Variant]:

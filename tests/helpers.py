@@ -119,3 +119,11 @@ def write_manifest(root, name, variants, command="bench run ablations.yaml"):
         variants=[StudyEntry(name=n, seed=s, run_id=r, overrides=o) for n, s, r, o in variants],
     )
     write_json(Store(root).study_file(name), manifest.model_dump())
+
+
+def variants_of(path, overrides=None):
+    """A study file's variants with their data and weights fingerprinted (so they have run ids)."""
+    from bench.identity import resolve
+    from bench.study import load_study_file
+
+    return resolve(load_study_file(path, overrides).variants)[0]

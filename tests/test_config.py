@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from bench.config import ConfigError, RunConfig
+from bench.identity import Fingerprints, run_id
 from bench.study import load_study_file, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +51,10 @@ seeds: [0, 1]
     assert (c.train.schedule, c.input.augment) == ("cosine", "flip-crop")
     assert (by[("long", 0)].train.epochs, by[("long", 0)].train.schedule) == (20, "cosine")
     # identity: same config -> same id, any difference (seed included) -> another id
-    assert by[("baseline", 0)].run_id == load_study_file(path).variants[0].run_id
-    assert len({v.run_id for v in study.variants}) == len(study.variants)
+    fp = Fingerprints(data="digits:x", weights="none")
+    ids = {(v.name, v.seed): run_id(v.config, fp) for v in study.variants}
+    assert ids[("baseline", 0)] == run_id(load_study_file(path).variants[0].config, fp)
+    assert len(set(ids.values())) == len(study.variants)
 
 
 def test_set_overrides_every_variant_and_only_filters(write_study):
@@ -175,6 +178,7 @@ def test_set_errors_are_attributed_to_the_command_line(write_study):
 
 def test_run_config_is_frozen_and_hash_is_canonical():
     a, b = RunConfig(), RunConfig.model_validate({"train": {"lr": "1e-3"}})  # --set passes strings through YAML
-    assert a.run_id == b.run_id
+    fp = Fingerprints(data="cifar10:x", weights="sha256:y")
+    assert run_id(a, fp) == run_id(b, fp)
     with pytest.raises(ValidationError):  # frozen: a config cannot change after validation
         a.train.lr = 1.0

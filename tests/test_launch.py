@@ -15,8 +15,7 @@ import torch
 
 from bench.cli import main
 from bench.store import Store
-from bench.study import load_study_file
-from tests.helpers import TINY
+from tests.helpers import TINY, variants_of
 
 try:
     import ray
@@ -62,7 +61,7 @@ def test_parallel_workers_give_the_sequential_results(write_study, tmp_path, cap
     assert main(["run", str(path), "--results", str(seq)]) == 0
     assert main(["run", str(path), "--results", str(par), "--parallel", "2"]) == 0
     assert capsys.readouterr().err.count("test accuracy") == 4
-    variants = load_study_file(path).variants
+    variants = variants_of(path)
     for v in variants:
         a, b = Store(seq).run_dir(v.run_id), Store(par).run_dir(v.run_id)
         assert status(Store(par), v)["state"] == "done"
@@ -116,7 +115,7 @@ def test_ray_shares_the_store_with_the_local_launcher(ray_cluster, write_study, 
     out = capsys.readouterr()
     assert out.err.count("test accuracy") == 2 and out.out.count("skipped") == 1
     store = Store(results)
-    variants = load_study_file(path).variants
+    variants = variants_of(path)
     assert all(store.state(v) == "done" for v in variants)
     mtimes = [(store.run_dir(v.run_id) / "metrics.json").stat().st_mtime_ns for v in variants]
     assert main(["run", str(path), "--results", results]) == 0  # and the local launcher sees it all done
@@ -146,7 +145,7 @@ def test_ray_shares_the_store_with_the_local_launcher(ray_cluster, write_study, 
 @pytest.mark.slow
 def test_ray_retries_a_killed_worker_and_the_run_resumes(ray_cluster, write_study, tmp_path):
     path = write_study({"study": "retry", "defaults": SLOW})
-    (v,) = load_study_file(path).variants
+    (v,) = variants_of(path)
     store = Store(tmp_path / "results")
     # A separate driver joining the cluster by address, as `bench run --launcher ray --address auto` does.
     driver = subprocess.Popen(
@@ -191,7 +190,7 @@ def test_ray_records_a_failure_when_retries_are_used_up_and_the_grid_goes_on(
             "variants": [{"name": "slow", "set": {"model.freeze": "stem-layer3", "train.epochs": 4}}],
         }
     )
-    baseline, slow = load_study_file(path).variants
+    baseline, slow = variants_of(path)
     store = Store(tmp_path / "results")
     killer = threading.Thread(target=kill_when_checkpointed, args=(store, slow))
     killer.start()

@@ -12,8 +12,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from bench.cli import main
 from bench.store import Store
-from bench.study import load_study_file
-from tests.helpers import TINY
+from tests.helpers import TINY, variants_of
 
 
 def study(write_study, name="study.yaml", **extra):
@@ -145,7 +144,7 @@ def test_a_run_killed_mid_way_resumes_and_matches_an_uninterrupted_one(write_stu
         stderr=subprocess.DEVNULL,
         env=os.environ.copy(),
     )
-    (variant,) = load_study_file(path).variants
+    (variant,) = variants_of(path)
     ckpt = Store(killed).checkpoint(variant.run_id)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -171,7 +170,7 @@ def test_a_result_whose_config_differs_is_never_reused(write_study, tmp_path):
     path = study(write_study)
     results = tmp_path / "results"
     assert main(["run", str(path), "--results", str(results)]) == 0
-    (variant,) = load_study_file(path).variants
+    (variant,) = variants_of(path)
     store = Store(results)
     assert store.state(variant) == "done"
     cfg_file = store.run_dir(variant.run_id) / "config.json"
@@ -186,7 +185,7 @@ def test_a_result_whose_config_differs_is_never_reused(write_study, tmp_path):
 @pytest.mark.slow
 def test_two_processes_never_train_the_same_run(write_study, tmp_path):
     path = study(write_study)
-    (variant,) = load_study_file(path).variants
+    (variant,) = variants_of(path)
     store = Store(tmp_path / "results")
     with store.claim(variant.run_id) as mine:
         assert mine
@@ -206,7 +205,7 @@ def test_two_processes_never_train_the_same_run(write_study, tmp_path):
 def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
     cfg = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}, "train": {**TINY["train"], "epochs": 6}}
     path = write_study({"study": "term", "defaults": cfg})
-    (variant,) = load_study_file(path).variants
+    (variant,) = variants_of(path)
     store = Store(tmp_path / "results")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],

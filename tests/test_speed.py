@@ -2,13 +2,12 @@ import pandas as pd
 import torch
 
 from bench.speed import check_targets, run_speed
-from bench.study import load_study_file
-from tests.helpers import TINY
+from tests.helpers import TINY, variants_of
 
 
 def test_speed_table_has_every_figure_for_frozen_and_trainable_variants(write_study):
     path = write_study({"study": "speed", "defaults": TINY, "ablate": {"model.freeze": ["stem-layer3"]}})
-    table = run_speed(load_study_file(path).variants, torch.device("cpu"))
+    table = run_speed(variants_of(path), torch.device("cpu"))
     frozen, tuned = table.iloc[0], table.iloc[1]
     assert (frozen.feature_cache, tuned.feature_cache) == ("computed", "off")
     for col in ("wall_s", "cached_again_s", "uncached_s", "forward_pass_s", "train_img_s", "eval_img_s", "peak_rss_mb"):

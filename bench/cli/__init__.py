@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from bench.config import ConfigError
     from bench.data import DataError
+    from bench.files import NotWritable
     from bench.launch import LaunchError
     from bench.models import WeightsError
     from bench.report import ReportError
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         console.error(f"{e}\n  on the command line: --data-dir DIR sets data.path for every variant")
         return EXIT_BAD_INPUT
-    except (ConfigError, UsageError, WeightsError, ReportError, LaunchError) as e:
+    except (ConfigError, UsageError, WeightsError, ReportError, LaunchError, NotWritable) as e:
         console.error(str(e))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -78,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
 
     sp = command("run", "train and evaluate every variant not done yet", commands.cmd_run, study_file_args, device_arg)
     sp.add_argument("--retry-failed", action="store_true", help="also re-run variants that failed before")
+    sp.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="re-run finished runs made by other code (another "
+        "bench source or torch/torchvision/timm version); the old folders are kept aside",
+    )
     sp.add_argument(
         "--no-feature-cache",
         action="store_true",

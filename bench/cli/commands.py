@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -51,21 +50,35 @@ def command_line() -> str:
     return "bench " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:] else "bench run"
 
 
+def list_status(store, study, v, missing: dict[str, str]) -> str:
+    """What `bench list` says of a run: done, failed, running, pending, stale (and why), other code."""
+    if v.name in missing:
+        return f"cannot check: {missing[v.name]}"
+    state = store.state(v)
+    if state == "done" and (other := store.other_code(v)):
+        return "done, other code (" + ", ".join(f"{k} {a}->{b}" for k, (a, b) in other.items()) + ")"
+    if state is None and (why := store.replaced(study, v)):
+        return f"stale: {why} (trains anew)"
+    return state or "pending"
+
+
 def cmd_list(args) -> int:
     from bench.cost import estimate_tflops
+    from bench.identity import resolve
     from bench.store import Store
     from bench.util import fmt_value
 
     study, variants = load(args)
+    variants, missing = resolve(variants, strict=False)
     store = Store(args.results)
     rows = [
         {
             "variant": v.name,
             "seed": v.seed,
             "tflop": estimate_tflops(v.config),
-            "run_id": v.run_id,
+            "run_id": "—" if v.fingerprints is None else v.run_id,
             "differs": ", ".join(f"{k}={fmt_value(val)}" for k, val in v.overrides.items()) or "(defaults)",
-            "status": store.state(v) or "pending",
+            "status": list_status(store, study, v, missing),
         }
         for v in variants
     ]
@@ -88,14 +101,16 @@ def executor(args, device):
 def cmd_run(args) -> int:
     from rich.markup import escape
 
+    from bench.files import cache_root, check_writable
     from bench.runner import Hooks, drive
     from bench.store import Store
 
     study, variants = load(args)
     device = pick_device(args.device)
     store = Store(args.results)
+    check_writable(store.root / "studies", f"{study.name}.json", "the results store (--results)")
+    check_writable(cache_root(), "fingerprints.json", "the cache ($BENCH_CACHE)")
     how = executor(args, device)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
 
     with console.progress() as progress:
         grid = progress.add_task(f"[bold]{escape(study.name)}[/]", total=len(variants))
@@ -116,9 +131,23 @@ def cmd_run(args) -> int:
             elif r.state == "done":
                 console.err.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
 
-        hooks = Hooks(progress=bars, run_started=started, run_ended=ended)
+        def waiting(v):
+            console.err.print(
+                f"[yellow]  waiting:[/] another bench process is training {escape(v.name)} "
+                f"(seed {v.seed}); taking what it leaves when it lets go",
+                highlight=False,
+            )
+
+        hooks = Hooks(progress=bars, run_started=started, run_ended=ended, waiting=waiting)
         results = drive(
-            study, variants, store, how, hooks=hooks, retry_failed=args.retry_failed, command=command_line()
+            study,
+            variants,
+            store,
+            how,
+            hooks=hooks,
+            retry_failed=args.retry_failed,
+            rerun_stale=args.rerun_stale,
+            command=command_line(),
         )
         progress.update(grid, completed=len(variants))
         bars.clear()
@@ -145,6 +174,7 @@ def cmd_speed(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from bench.files import check_writable
     from bench.report import FORMATS, report
 
     formats = set(filter(None, args.format.split(",")))
@@ -152,6 +182,7 @@ def cmd_report(args) -> int:
         raise UsageError(
             f"unknown --format {','.join(sorted(formats - set(FORMATS))) or '(empty)'}; use md, tex or md,tex"
         )
+    check_writable(args.out, "report.md", "the report folder (--out)")
     for r in report(args.results, args.out, args.study, formats, args.baseline, args.variant):
         for w in r.warnings:
             console.warning(w)

@@ -1,0 +1,114 @@
+"""Data sets as uint8 tensors in memory, with a fixed stratified validation split.
+
+Three sources, all ending as (N, 3, H, W) uint8 tensors and int64 labels:
+  cifar10  the official release through torchvision (downloaded when online)
+  folder   an image-folder tree train/<class>/*, test/<class>/* (or a .tar.gz of one), such as
+           the JPEG copy of CIFAR-10; decoded once, then cached by content (folder.py)
+  digits   scikit-learn's 8x8 digits (ships with the package), so a demo runs fully offline
+Resizing, normalization and augmentation happen later, batched on the device (transforms.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from bench.config import DataConfig
+from bench.files import cache_root  # noqa: F401  (re-exported: where caches live)
+
+
+class DataError(Exception):
+    """A data set that cannot be read: says which path was tried and how to fix it."""
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, 3, H, W) uint8
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    description: str  # what a report should say about where the images came from
+    fingerprint: str  # the images' content and the split settings: what caches of this data are keyed by
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """Read the source, carve the validation split, apply the limits."""
+    from bench.data import sources
+    from bench.identity import data_fingerprint
+
+    content = data_fingerprint(cfg)
+    (x_train, y_train), (x_test, y_test), classes, description = sources.read(cfg, content)
+    _check_sizes(cfg, y_train, y_test, classes)
+    # The split depends on split_seed only, so every variant and seed is selected on the same images.
+    idx_train, idx_val = train_test_split(
+        np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
+    )
+    idx_train = _limit(idx_train, y_train, cfg.limit_train, cfg.split_seed)
+    idx_test = _limit(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
+
+    def split(x, y, idx):
+        idx = np.sort(idx)
+        return Split(
+            torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2))),
+            torch.from_numpy(y[idx].astype(np.int64)),
+        )
+
+    settings = {k: getattr(cfg, k) for k in ("val_size", "split_seed", "limit_train", "limit_test")}
+    fingerprint = hashlib.sha256(json.dumps([content, settings], sort_keys=True).encode()).hexdigest()[:16]
+    return Dataset(
+        split(x_train, y_train, idx_train),
+        split(x_train, y_train, idx_val),
+        split(x_test, y_test, idx_test),
+        classes,
+        description,
+        fingerprint,
+    )
+
+
+def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, classes: list[str]) -> None:
+    """Every split stratified by class needs at least one image of each class: say which key and the minimum."""
+    n = len(classes)
+    smallest = int(np.bincount(y_train, minlength=n).min())
+    if smallest < 2:
+        name = classes[int(np.bincount(y_train, minlength=n).argmin())]
+        raise DataError(
+            f"class '{name}' has {smallest} training image(s); a stratified validation split needs at "
+            "least 2 of every class"
+        )
+    checks = [
+        ("data.val_size", cfg.val_size),
+        ("data.limit_train", cfg.limit_train),
+        ("data.limit_test", cfg.limit_test),
+    ]
+    for key, value in checks:
+        if value is not None and value < n:
+            raise DataError(
+                f"{key}={value} is smaller than the number of classes ({n}); a stratified split needs "
+                f"at least one image of each class: use {key} >= {n}"
+            )
+    if cfg.val_size > len(y_train) - n:
+        raise DataError(
+            f"data.val_size={cfg.val_size} leaves too few training images: the {cfg.source} training "
+            f"set has {len(y_train)}; use data.val_size <= {len(y_train) - n}"
+        )
+
+
+def _limit(idx: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    if limit is None or limit >= len(idx):
+        return idx
+    kept, _ = train_test_split(idx, train_size=limit, stratify=y[idx], random_state=seed)
+    return kept

@@ -1,0 +1,118 @@
+"""Image-folder data sets: train/<class>/*, test/<class>/* as a tree or a .tar.gz of one.
+
+Decoded once and cached by the content's fingerprint (bench.identity), so the same images at
+another path reuse the cache and other images at the same path never do. Unusual files are
+decoded correctly or refused by name: palette, grey, alpha and CMYK images become RGB; 16-bit
+and 32-bit images are scaled to 8 bits (never clipped); non-image files are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench.data import DataError
+from bench.files import atomic_save, cache_root
+
+
+def read_folder(path: Path, content: str):
+    root = _extracted(path, content)
+    for part in ("train", "test"):
+        if not (root / part).is_dir():
+            raise DataError(
+                f"{root} has no {part}/ folder: data.source 'folder' needs "
+                f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+            )
+    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        arrays = (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
+        classes = [str(c) for c in z["classes"]]
+    else:
+        (x_tr, y_tr, classes), (x_te, y_te, test_classes) = _decode_tree(root / "train"), _decode_tree(root / "test")
+        if classes != test_classes:
+            raise DataError(f"{root}: train/ and test/ have different class folders ({classes} vs {test_classes})")
+        if x_tr.shape[1:] != x_te.shape[1:]:
+            raise DataError(f"{root}: train/ images are {x_tr.shape[1:3]} px but test/ images {x_te.shape[1:3]}")
+        arrays = (x_tr, y_tr), (x_te, y_te)
+        atomic_save(
+            cache,
+            lambda f: np.savez(f, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, classes=np.array(classes)),
+        )
+    return (*arrays, classes, f"image folder {path}")
+
+
+def _extracted(path: Path, content: str) -> Path:
+    """A folder as is; a .tar.gz extracted once into the cache, to the single folder inside it."""
+    if path.is_dir():
+        return path
+    dest = cache_root() / "extracted" / content.replace(":", "-")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".extracting-"))
+        try:
+            with tarfile.open(path) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(
+                f"cannot extract {path}: {e}. Is it a complete .tar.gz? Re-copy it, or point "
+                "data.path at an extracted folder"
+            ) from None
+        try:
+            os.replace(tmp, dest)  # atomic: a cut-off extraction never looks complete
+        except OSError:  # another process finished the same extraction first
+            shutil.rmtree(tmp, ignore_errors=True)
+    inner = [p for p in dest.iterdir() if p.is_dir()]
+    return inner[0] if len(inner) == 1 and not (dest / "train").exists() else dest
+
+
+def to_rgb8(im) -> np.ndarray:
+    """(H, W, 3) uint8 from any PIL image: high bit depths scaled down, not clipped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        grey = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+def _decode_tree(split_dir: Path):
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    try:
+        classes, class_to_idx = find_classes(str(split_dir))
+        samples = make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:  # a class folder without images
+        raise DataError(f"{split_dir}: {e}; remove the empty class folder or add its images") from None
+    if len(classes) < 2:
+        raise DataError(
+            f"{split_dir} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+            "a classifier needs at least 2"
+        )
+
+    def decode(sample):
+        path, _ = sample
+        try:
+            with Image.open(path) as im:
+                return to_rgb8(im)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"cannot decode image {path}: {e}. Delete or replace the file") from None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes without the GIL
+        images = list(pool.map(decode, samples, chunksize=256))
+    first = images[0].shape
+    for (path, _), im in zip(samples, images):
+        if im.shape != first:
+            raise DataError(
+                f"image {path} is {im.shape[1]}x{im.shape[0]} px but {samples[0][0]} is {first[1]}x{first[0]}; "
+                "bench expects one size per data set (resize them once beforehand)"
+            )
+    return np.stack(images), np.array([t for _, t in samples], dtype=np.int64), classes

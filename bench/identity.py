@@ -1,0 +1,230 @@
+"""What made a run: content fingerprints of its data, weights and code, and the run id built from them.
+
+A run id hashes the resolved configuration *without paths*, together with the fingerprints of
+the data and the weights, so a result is reused only for the same images and the same weights
+wherever they lie, and never for other ones at the same path. The code (bench's version and
+source, torch, torchvision, timm) is recorded beside it: a run made by other code keeps its id
+and is shown as such (`bench run --rerun-stale` re-runs it).
+
+Hashing is done once per file content and remembered by the file's stats (size, mtime, ctime,
+inode) in `<cache>/fingerprints.json`, so 60,000 images are not re-read on every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+from bench.config import DataConfig, ModelConfig, RunConfig
+from bench.files import atomic_write, cache_root, try_lock
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    data: str  # e.g. 'folder:3f2a...' (content of the files), 'cifar10:...' (the published checksums)
+    weights: str  # 'none' (random init) or 'sha256:...' of the weights file actually loaded
+
+
+# ---- hashing, remembered by file stats ---------------------------------------------------------
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+
+
+def _remembered(key: str, compute) -> str:
+    """The digest stored for `key` in the memo file, or `compute()` stored there now."""
+    memo_path = cache_root() / "fingerprints.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = compute()
+    with try_lock(memo_path.with_suffix(".lock"), wait=True):  # other processes may add entries meanwhile
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        memo[key] = digest
+        atomic_write(memo_path, json.dumps(memo))
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read once per content (by stats)."""
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                h.update(block)
+        return h.hexdigest()
+
+    return _remembered("file|" + _stat_key(path), compute)
+
+
+def tree_sha256(root: Path) -> str:
+    """sha256 over every file's relative path and bytes under `root`, read once per content."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stats = hashlib.sha256("\n".join(_stat_key(p) for p in files).encode()).hexdigest()
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            h.update(p.read_bytes())
+        return h.hexdigest()
+
+    return _remembered(f"tree|{root.resolve()}|{stats}", compute)
+
+
+# ---- fingerprints -----------------------------------------------------------------------------
+
+
+def data_fingerprint(cfg: DataConfig) -> str:
+    """What the images are. Raises DataError when a folder source does not exist."""
+    if cfg.source == "cifar10":
+        # torchvision checks every batch file against these published md5s when it reads them
+        from torchvision.datasets import CIFAR10
+
+        sums = [md5 for _, md5 in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["md5"]]
+        return "cifar10:" + hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
+    if cfg.source == "digits":
+        return f"digits:{_digits_digest()}"
+    from bench.data import DataError
+
+    path = Path(cfg.path)
+    if path.is_dir():
+        return "folder:" + tree_sha256(path)[:16]
+    if path.is_file():
+        return "folder:" + file_sha256(path)[:16]
+    raise DataError(
+        f"data.path {path} does not exist: set it to an image-folder tree with train/ and test/, or to its .tar.gz"
+    )
+
+
+@cache
+def _digits_digest() -> str:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return hashlib.sha256(d.images.tobytes() + d.target.tobytes()).hexdigest()[:16]
+
+
+def weights_file(model: ModelConfig) -> Path | None:
+    """The file a model's weights load from (it may not exist yet); None for random init."""
+    kind, _, tag = model.weights.partition(":")
+    if kind == "file":
+        return Path(tag)
+    if kind == "torchvision":
+        import torchvision
+
+        from bench.models import hub_file
+
+        return hub_file(torchvision.models.get_model_weights(model.arch)[tag].url)
+    if kind == "timm":
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        hub_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
+        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(hub_id, name)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    return None
+
+
+def weights_fingerprint(model: ModelConfig) -> str | None:
+    """sha256 of the weights file actually loaded; 'none' for random init; None when the file is not here."""
+    if model.weights == "none":
+        return "none"
+    path = weights_file(model)
+    if path is None or not path.is_file():
+        return None
+    return "sha256:" + file_sha256(path)[:16]
+
+
+def fingerprints(cfg: RunConfig) -> Fingerprints | None:
+    """Both fingerprints, or None when the weights file is not here yet (download it first)."""
+    weights = weights_fingerprint(cfg.model)
+    return None if weights is None else Fingerprints(data_fingerprint(cfg.data), weights)
+
+
+@cache
+def code_versions() -> dict[str, str]:
+    """bench's version and a hash of its source, and the versions of the libraries that compute results."""
+    import timm
+    import torch
+    import torchvision
+
+    source = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for p in sorted(package.rglob("*")):
+        if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
+            source.update(str(p.relative_to(package)).encode() + b"\0" + p.read_bytes())
+    return {
+        "bench": f"{metadata.version('bench')}+{source.hexdigest()[:8]}",
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+    }
+
+
+# ---- the run id --------------------------------------------------------------------------------
+
+
+def identity(cfg: RunConfig, fp: Fingerprints) -> dict:
+    """Everything that decides a run's result, with no path in it."""
+    tree = cfg.model_dump(mode="json")
+    tree["data"]["path"] = None  # where the images lie is not what they are: the fingerprint is
+    tree["data"].pop("download", None)
+    if cfg.model.weights.startswith("file:"):
+        tree["model"]["weights"] = "file"
+    tree["fingerprints"] = {"data": fp.data, "weights": fp.weights}
+    return tree
+
+
+def run_id(cfg: RunConfig, fp: Fingerprints) -> str:
+    return hashlib.sha256(json.dumps(identity(cfg, fp), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resolve(variants: list, strict: bool = True) -> tuple[list, dict[str, str]]:
+    """The variants with their fingerprints set, and {variant name: why it has none} for the rest.
+
+    strict: a missing data set or weights file raises DataError/WeightsError (the weights are
+    loaded through their library, which downloads them when it can), as `bench run` needs.
+    """
+    from bench.data import DataError
+    from bench.models import WeightsError, build_backbone
+
+    memo: dict = {}
+    out, missing = [], {}
+    for v in variants:
+        key = (v.config.data, v.config.model)
+        if key not in memo:
+            try:
+                fp = fingerprints(v.config)
+                if fp is None and strict:
+                    build_backbone(v.config.model.weights)  # raises the library's own error, or downloads
+                    fp = fingerprints(v.config)
+                memo[key] = fp or "weights not here: " + str(weights_file(v.config.model))
+            except (DataError, WeightsError) as e:
+                if strict:
+                    raise
+                memo[key] = str(e).splitlines()[0]
+        if isinstance(memo[key], Fingerprints):
+            out.append(replace(v, fingerprints=memo[key]))
+        else:
+            out.append(v)
+            missing[v.name] = memo[key]
+    return out, missing
