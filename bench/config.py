@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-# Backbone stages in forward order; `freeze: stem-layerN` freezes the stem through layerN.
+from bench.util import did_you_mean
+
+# A ResNet's stages in forward order; `freeze: stem-layerN` freezes the stem through layerN.
+# Every family (ResNets too) also takes `stem-stageN`: the stem and its first N stages (bench.models.stages).
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 FREEZE = ("backbone", "stem-layer3", "stem-layer2", "stem-layer1", "stem", "none")
-WEIGHTS_RE = re.compile(r"^(none|torchvision:IMAGENET1K_V[12]|timm:resnet50(\.[\w-]+)?|file:.+)$")
+FREEZE_RE = re.compile(r"^(backbone|none|stem|stem-layer[1-3]|stem-stage[1-9]\d*)$")
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Which tags exist for which arch is checked by ModelConfig (bench.models.check_model), without I/O.
+WEIGHTS_RE = re.compile(r"^(none|torchvision:IMAGENET1K_V[12]|timm:[\w-]+(\.[\w-]+)?|file:.+)$")
 
 
 class Strict(BaseModel):
@@ -42,11 +49,16 @@ class DataConfig(Strict):
 
 class InputConfig(Strict):
     resolution: int = Field(224, ge=16, le=1024)  # CIFAR's 32 px are resized to this
-    normalize: Literal["unit", "imagenet"] = "unit"  # unit = [0,1] as in the lab report
+    # unit = [0,1] as in the lab report; imagenet = ImageNet mean/std; model = the mean/std the
+    # model's weights were trained with (torchvision enum transforms, timm pretrained_cfg)
+    normalize: Literal["unit", "imagenet", "model"] = "unit"
     augment: Literal["none", "flip-crop", "trivialaugment", "randaugment"] = "none"
 
 
 class HeadConfig(Strict):
+    # mlp: the lab's head, trained by train.optimizer; logreg / knn: probes fitted on the frozen
+    # features with hyper-parameters chosen on validation (bench.probes), model.freeze: backbone only
+    kind: Literal["mlp", "logreg", "knn"] = "mlp"
     hidden: int = Field(256, ge=0)  # 0 = one linear layer on the pooled features
     dropout: float = Field(0.5, ge=0, lt=1)
     # BatchNorm on the pooled features first (as in linear probing): centres features whose
@@ -55,11 +67,28 @@ class HeadConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: Literal["resnet50"] = "resnet50"
-    # none | torchvision:IMAGENET1K_V1|V2 | timm:resnet50.<tag> | file:<state dict path>
+    # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision) | timm:<model name>
+    arch: str = "resnet50"
+    # none | torchvision:IMAGENET1K_V1|V2 (that arch's enum) | timm:<model>[.<tag>] | file:<state dict path>
     weights: str = "torchvision:IMAGENET1K_V1"
-    freeze: Literal[FREEZE] = "backbone"
+    # backbone | none | stem | stem-layer1..3 (ResNets) | stem-stageN (any family)
+    freeze: str = "backbone"
     head: HeadConfig = HeadConfig()
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        if v in TORCHVISION_ARCHS:
+            return v
+        if not v.startswith("timm:"):
+            raise ValueError(f"expected {', '.join(TORCHVISION_ARCHS)} (torchvision) or timm:<model name>")
+        import timm
+
+        name = v[5:]
+        if "." in name or not timm.is_model(name):
+            hint = " (a pretrained tag goes in model.weights: timm:<model>.<tag>)" if "." in name else ""
+            raise ValueError(f"timm has no model '{name}'{did_you_mean(name, timm.list_models())}{hint}")
+        return v
 
     @field_validator("weights")
     @classmethod
@@ -67,9 +96,63 @@ class ModelConfig(Strict):
         if not WEIGHTS_RE.match(v):
             raise ValueError(
                 "expected none, torchvision:IMAGENET1K_V1, torchvision:IMAGENET1K_V2, "
-                "timm:resnet50.<tag> (e.g. timm:resnet50.a1_in1k) or file:<path to a state dict>"
+                "timm:<model>[.<tag>] (e.g. timm:resnet50.a1_in1k) or file:<path to a state dict>"
             )
         return v
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v: str) -> str:
+        if not FREEZE_RE.match(v):  # reported like a Literal's error, with the open-ended spelling
+            allowed = ", ".join(f"'{f}'" for f in FREEZE)
+            raise PydanticCustomError("literal_error", f"Input should be {allowed} or 'stem-stage<N>'")
+        return v
+
+    @model_validator(mode="after")
+    def _combination(self):
+        """Weights that exist for this arch (library registries, no I/O), stages the model has, probes
+        only on a frozen backbone."""
+        kind, _, tag = self.weights.partition(":")
+        name = self.arch.removeprefix("timm:")
+        if kind == "torchvision":
+            if self.arch not in TORCHVISION_ARCHS:
+                raise ValueError(
+                    f"model.weights '{self.weights}' need a torchvision arch ({', '.join(TORCHVISION_ARCHS)}); "
+                    f"for {self.arch} use timm:{name}[.<tag>], file:<path> or none"
+                )
+            torchvision_weights(self.arch, tag)
+        elif kind == "timm":
+            import timm
+
+            tags = timm.list_pretrained(f"{name}.*")
+            if tag.partition(".")[0] != name or not tags or ("." in tag and tag not in tags):
+                raise ValueError(
+                    f"model.weights '{self.weights}' are not timm pretrained weights of {self.arch}; "
+                    + (f"its tags: {', '.join('timm:' + t for t in tags)}" if tags else f"timm has none for {name}")
+                )
+        if self.freeze.startswith("stem"):
+            from bench.models import frozen_stages, stage_names  # here: bench.models imports this module
+
+            names = stage_names(self.arch)  # None: the model does not build on the meta device; checked at build
+            if names is not None:
+                frozen_stages(self.freeze, names, self.arch)
+        if self.head.kind != "mlp" and self.freeze != "backbone":
+            raise ValueError(
+                f"model.head.kind '{self.head.kind}' is a probe on frozen features: "
+                f"it needs model.freeze: backbone (got '{self.freeze}')"
+            )
+        return self
+
+
+def torchvision_weights(arch: str, tag: str):
+    """The torchvision weight enum member `tag` of a ResNet; ValueError naming the tags it has."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)
+    if tag not in enum.__members__ or tag == "DEFAULT":
+        allowed = ", ".join(f"torchvision:{t}" for t in enum.__members__ if t != "DEFAULT")
+        raise ValueError(f"{enum.__name__} has no {tag}; {arch} takes model.weights {allowed}")
+    return enum[tag]
 
 
 class TrainConfig(Strict):

@@ -1,33 +1,82 @@
-"""Rough compute of a run, for `bench list`: how many multiply-adds its plan will take."""
+"""Rough compute of a run, for `bench list`: forward multiply-adds per architecture and resolution,
+counted by torch's FlopCounterMode, and per stage, so the share a freeze setting trains is computed.
+
+Multiply-adds are FlopCounterMode's FLOPs / 2: the convention of torchvision's "GFLOPS" (ResNet-50 at
+224 px: 4.09) and of He et al.'s tables. They are counted once per (arch, resolution) on a random-init
+model on the meta device (no memory, no weights) with a batch of one, and remembered in memory and in
+<cache>/flops.json.
+"""
 
 from __future__ import annotations
 
-from bench import features
-from bench.config import RunConfig
+import functools
+import json
 
-# Forward multiply-adds of ResNet-50 at 224 px (torchvision's figure, 4.09 GFLOPS), and the
-# share of them in the stages that a `freeze` setting leaves trainable (from per-stage counts).
-GFLOPS_224 = 4.09
-TRAINABLE_SHARE = {
-    "backbone": 0.0,
-    "stem-layer3": 0.20,
-    "stem-layer2": 0.46,
-    "stem-layer1": 0.72,
-    "stem": 0.97,
-    "none": 1.0,
-}
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import features, models
+from bench.config import RunConfig
+from bench.files import atomic_write, cache_root
+
 SIZES = {"cifar10": (50_000, 10_000), "folder": (50_000, 10_000), "digits": (1_347, 450)}
 
 
+@functools.cache
+def stage_macs(arch: str, resolution: int) -> dict[str, float]:
+    """{'total': multiply-adds of one image's forward pass, then one entry per stage of models.stages
+    ('stem', 'layer1'.. or 'stage1'.., 'tail')}; what no stage holds (pooling) is in the total only."""
+    import timm
+    import torchvision
+
+    key = f"{arch}@{resolution} torch {torch.__version__} torchvision {torchvision.__version__} timm {timm.__version__}"
+    path = cache_root() / "flops.json"
+    if key in (memo := _read(path)):
+        return memo[key]
+    with torch.device("meta"):
+        net = models.build_backbone("none", arch).eval()
+        x = torch.zeros(1, 3, resolution, resolution)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(x)
+    per_module = counter.get_flop_counts()  # 'ResNet.layer1' -> {op: FLOPs}, submodules included
+    root = type(net).__name__
+    out = {"total": counter.get_total_flops() / 2}
+    for stage, params in models.stages(net).items():
+        mods = models.whole_modules(net, set(params))
+        out[stage] = sum(sum(per_module.get(f"{root}.{m}", {}).values()) for m in mods) / 2
+    memo = _read(path)  # another process may have added entries meanwhile
+    memo[key] = out
+    atomic_write(path, json.dumps(memo, indent=1))
+    return out
+
+
+def _read(path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def trainable_share(arch: str, resolution: int, freeze: str) -> float:
+    """Share of the forward multiply-adds in the stages that `freeze` leaves trainable."""
+    if freeze == "backbone":
+        return 0.0
+    macs = stage_macs(arch, resolution)
+    names = [s for s in macs if s not in ("total", "tail")]
+    return 1 - sum(macs[s] for s in models.frozen_stages(freeze, names, arch)) / macs["total"]
+
+
 def estimate_tflops(cfg: RunConfig) -> float:
-    """Rough compute of a run, for `bench list`: backward costs about twice the forward of the
-    trainable stages; a cacheable frozen backbone runs once over every image."""
+    """Rough compute of a run (tera multiply-adds): backward costs about twice the forward of the
+    trainable stages; a cacheable frozen backbone, or a probe, runs once over every image."""
     n_all, n_test = SIZES[cfg.data.source]
     n_val = min(cfg.data.val_size, n_all)
     n_train = min(cfg.data.limit_train or n_all, n_all - n_val)
     n_test = min(cfg.data.limit_test or n_test, n_test)
-    fwd = GFLOPS_224 * (cfg.input.resolution / 224) ** 2 / 1000
-    if features.cacheable(cfg):
+    fwd = stage_macs(cfg.model.arch, cfg.input.resolution)["total"] / 1e12
+    if features.cacheable(cfg) or cfg.model.head.kind != "mlp":
         return fwd * (n_train + n_val + n_test)
-    per_epoch = n_train * fwd * (1 + 2 * TRAINABLE_SHARE[cfg.model.freeze]) + n_val * fwd
+    share = trainable_share(cfg.model.arch, cfg.input.resolution, cfg.model.freeze)
+    per_epoch = n_train * fwd * (1 + 2 * share) + n_val * fwd
     return per_epoch * cfg.train.epochs + n_test * fwd

@@ -1,7 +1,7 @@
 """Feature cache: a frozen backbone on deterministic inputs is run once, not once per epoch.
 
 When the whole backbone is frozen and there is no random augmentation, every epoch would
-push the same images through the same function. So the pooled 2048-d features of each split
+push the same images through the same function. So the pooled features of each split
 are computed once per (weights, resolution, normalization, data, precision), kept on disk,
 and the head trains on them. Every variant and epoch that shares those settings reuses them.
 """
@@ -76,7 +76,7 @@ def split_features(
     cache_dir: Path,
     progress=None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    """{'train'|'val'|'test': (N, 2048) features} from `cache_dir` or computed now; and whether it hit."""
+    """{'train'|'val'|'test': (N, width) features} from `cache_dir` or computed now; and whether it hit."""
     path = cache_dir / f"{cache_key(cfg, data, dtype)}.pt"
     if path.exists():
         try:
@@ -85,7 +85,7 @@ def split_features(
                 return feats, True
         except Exception:  # a damaged cache file is recomputed, never trusted
             pass
-    transform = BatchTransform(cfg.input, train=False)
+    transform = BatchTransform(cfg.input, False, cfg.model)
     total = len(data.train) + len(data.val) + len(data.test)
     advance = progress("backbone features (computed once, then cached)", total) if progress else None
     feats = {

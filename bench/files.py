@@ -2,6 +2,8 @@
 
 A file is written to a temporary name beside it, flushed and renamed over the target, so a
 process killed at any moment leaves either the old file or the new one, never half of one.
+Temporary names carry the writer's host and pid (`.NAME.HOST-PID.XXXX.tmp`), so the leftovers
+of a killed process can be told from a live writer's and removed (`sweep`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import datetime as dt
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,20 +28,61 @@ def atomic_write(path: Path, text: str) -> None:
     atomic_save(path, lambda f: f.write(text.encode()))
 
 
+def temp_prefix(name: str) -> str:
+    """`.NAME.HOST-PID.`: tempfile appends a random part (and `.tmp` for files)."""
+    return f".{name}.{_HOST}-{os.getpid()}."
+
+
+_HOST = socket.gethostname().replace(".", "_").replace("-", "_")
+_WRITER = re.compile(r"\.([^.]+)-(\d+)\.[^.]+(\.tmp)?$")
+
+
 def atomic_save(path: Path, write: Callable) -> None:
-    """Call `write(binary file)` on a temporary file beside `path`, then rename it over `path`."""
+    """Call `write(binary file)` on a temporary file beside `path`, then rename it over `path`.
+    A full disk raises OSError(ENOSPC) naming `path`; the temporary file is always removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+    with tempfile.NamedTemporaryFile(
+        "wb", dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp", delete=False
+    ) as f:
         try:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        except BaseException:
+        except BaseException as e:
             f.close()
             os.unlink(f.name)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
             raise
     os.chmod(f.name, 0o644)  # tempfile makes 0600 files
     os.replace(f.name, path)
+
+
+def sweep(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders that killed processes of this host left in `folder`."""
+    removed = []
+    for p in Path(folder).glob(".*"):
+        m = _WRITER.search(p.name)
+        if m and m.group(1) == _HOST and not _alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def sweep_cache() -> list[Path]:
+    """`sweep` over the cache folder and the folders in it (features, decoded, extracted)."""
+    root = cache_root()
+    return [p for folder in [root, *(d for d in root.glob("*") if d.is_dir())] for p in sweep(folder)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: Path, obj) -> None:

@@ -73,15 +73,17 @@ def file_sha256(path: Path) -> str:
 
 
 def tree_sha256(root: Path) -> str:
-    """sha256 over every file's relative path and bytes under `root`, read once per content."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    stats = hashlib.sha256("\n".join(_stat_key(p) for p in files).encode()).hexdigest()
+    """sha256 over every folder's and file's relative path and every file's bytes under `root`
+    (an empty class folder changes the classes, so folders count), read once per content."""
+    entries = sorted(p for p in root.rglob("*") if not p.name.startswith("."))
+    stats = hashlib.sha256("\n".join(_stat_key(p) for p in entries).encode()).hexdigest()
 
     def compute() -> str:
         h = hashlib.sha256()
-        for p in files:
-            h.update(str(p.relative_to(root)).encode() + b"\0")
-            h.update(p.read_bytes())
+        for p in entries:
+            h.update(str(p.relative_to(root)).encode() + (b"/" if p.is_dir() else b"\0"))
+            if p.is_file():
+                h.update(p.read_bytes())
         return h.hexdigest()
 
     return _remembered(f"tree|{root.resolve()}|{stats}", compute)
@@ -215,9 +217,12 @@ def resolve(variants: list, strict: bool = True) -> tuple[list, dict[str, str]]:
             try:
                 fp = fingerprints(v.config)
                 if fp is None and strict:
-                    build_backbone(v.config.model.weights)  # raises the library's own error, or downloads
+                    build_backbone(
+                        v.config.model.weights, v.config.model.arch
+                    )  # the library's own error, or a download
                     fp = fingerprints(v.config)
-                memo[key] = fp or "weights not here: " + str(weights_file(v.config.model))
+                where = weights_file(v.config.model) or "the Hugging Face cache"
+                memo[key] = fp or f"weights {v.config.model.weights} not here (looked in {where})"
             except (DataError, WeightsError) as e:
                 if strict:
                     raise

@@ -1,29 +1,32 @@
-"""ResNet-50 backbones with their weights, the classification head, and freezing by stage.
+"""Backbones (torchvision ResNets, any timm model) with their weights, the head, and freezing by stage.
 
-Weights come through the libraries' own loaders (torchvision weight enums, timm pretrained
-tags) or from a local state-dict file. A frozen stage has requires_grad=False *and* stays in
-eval mode, so its BatchNorm running statistics never move: frozen means bit-identical.
+model.arch     resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision), timm:<model name>
+model.weights  none (random init) | file:<state dict> (any arch) | torchvision:IMAGENET1K_V1|V2 (that
+               ResNet's weight enum) | timm:<model>[.<tag>] (a timm pretrained tag of the arch's model; on a
+               torchvision ResNet it builds timm's ResNet of that depth: resnet50 + timm:resnet50.a1_in1k)
+model.freeze   backbone | none | stem | stem-stageN (the stem and the first N of `stages`); ResNets also
+               stem-layerN. A frozen stage has requires_grad=False *and* stays in eval mode, so its
+               BatchNorm statistics never move: frozen means bit-identical.
+
+Weights load through the libraries' own loaders (torch hub cache, Hugging Face cache) or a local file.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from bench.config import STAGES, HeadConfig, ModelConfig
+from bench.config import STAGES, TORCHVISION_ARCHS, HeadConfig, ModelConfig, torchvision_weights
 
-FEATURES = 2048  # ResNet-50's pooled feature width
-STAGE_MODULES = {
-    "stem": ("conv1", "bn1"),
-    "layer1": ("layer1",),
-    "layer2": ("layer2",),
-    "layer3": ("layer3",),
-    "layer4": ("layer4",),
-}
+# timm's own grouping of its ResNets (group_matcher(coarse=True)), applied to torchvision's, which have none
+RESNET_GROUPS = {"stem": r"^conv1|^bn1|^maxpool", "blocks": r"^layer(\d+)"}
 
 
 class WeightsError(Exception):
@@ -33,16 +36,18 @@ class WeightsError(Exception):
 class Classifier(nn.Module):
     """backbone (image -> pooled features) followed by the head (features -> logits)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, frozen: list[str]):
+    def __init__(self, backbone: nn.Module, head: nn.Module, frozen: list[str], frozen_params: list[str] = ()):
         super().__init__()
         self.backbone, self.head = backbone, head
-        self.frozen = frozen  # backbone submodule names that never train
+        self.frozen = frozen  # backbone submodules that never train and stay in eval mode
+        for name in frozen_params:  # includes parameters held by no submodule (a ViT's cls_token, pos_embed)
+            self.backbone.get_parameter(name).requires_grad_(False)
         for name in frozen:
             self.backbone.get_submodule(name).requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for name in self.frozen:  # keep frozen BatchNorm statistics fixed
+        for name in self.frozen:  # keep frozen BatchNorm statistics fixed, frozen dropout off
             self.backbone.get_submodule(name).eval()
         return self
 
@@ -50,24 +55,67 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def frozen_stages(freeze: str) -> list[str]:
-    """'backbone' -> all stages; 'stem-layer2' -> stem, layer1, layer2; 'none' -> []."""
-    if freeze == "backbone":
-        return list(STAGES)
-    if freeze == "none":
-        return []
-    last = freeze.split("-")[-1]
-    return list(STAGES[: STAGES.index(last) + 1])
+def _torchvision_enum(arch: str, tag: str):
+    try:
+        return torchvision_weights(arch, tag)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
 
 
-def build_head(cfg: HeadConfig, num_classes: int) -> nn.Module:
+# ---- building ----------------------------------------------------------------------------------
+
+
+def build_backbone(weights: str, arch: str = "resnet50") -> nn.Module:
+    """The arch without its ImageNet classifier: (N, 3, H, W) -> (N, feature_width) pooled features."""
+    kind, _, tag = weights.partition(":")
+    if kind == "timm" or arch.startswith("timm:"):
+        net = _timm(tag if kind == "timm" else arch[5:], kind == "timm", weights, arch)
+    else:
+        import torchvision
+
+        enum = _torchvision_enum(arch, tag) if kind == "torchvision" else None
+        try:
+            net = torchvision.models.get_model(arch, weights=enum)
+        except Exception as e:  # offline: URLError, or a truncated file in the cache
+            raise WeightsError(_missing(weights, arch, hub_file(enum.url), enum.url, e)) from None
+        net.num_features = net.fc.in_features
+        net.fc = nn.Identity()
+    if kind == "file":
+        state = _read_state_dict(Path(tag), net, arch)
+        net.load_state_dict(state)
+    return net
+
+
+def _timm(name: str, pretrained: bool, weights: str, arch: str) -> nn.Module:
+    import timm
+
+    def create(**kwargs):
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+    try:
+        try:  # ViT-like models: position embeddings follow the input size (input.resolution may be 32 px)
+            return create(dynamic_img_size=True)
+        except TypeError:  # convolutional models take any size and have no such argument
+            return create()
+    except Exception as e:  # offline: huggingface_hub's LocalEntryNotFoundError and friends
+        if not pretrained:
+            raise
+        from huggingface_hub import constants
+        from timm.models import get_pretrained_cfg
+
+        hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None) or f"timm/{name}"
+        path = Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "snapshots"
+        raise WeightsError(_missing(weights, arch, path, f"https://huggingface.co/{hub_id}", e)) from None
+
+
+def build_head(cfg: HeadConfig, num_features: int, num_classes: int) -> nn.Module:
     """GAP features -> [BatchNorm] -> Dense(hidden, ReLU) -> Dropout -> Dense(classes), as in the lab."""
-    layers = [nn.BatchNorm1d(FEATURES)] if cfg.norm else []
+    layers = [nn.BatchNorm1d(num_features)] if cfg.norm else []
     if cfg.hidden == 0:
-        return nn.Sequential(*layers, nn.Dropout(cfg.dropout), nn.Linear(FEATURES, num_classes))
+        return nn.Sequential(*layers, nn.Dropout(cfg.dropout), nn.Linear(num_features, num_classes))
     return nn.Sequential(
         *layers,
-        nn.Linear(FEATURES, cfg.hidden),
+        nn.Linear(num_features, cfg.hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(cfg.dropout),
         nn.Linear(cfg.hidden, num_classes),
@@ -75,41 +123,119 @@ def build_head(cfg: HeadConfig, num_classes: int) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
-    backbone = build_backbone(cfg.weights)
-    names = [m for stage in frozen_stages(cfg.freeze) for m in STAGE_MODULES[stage]]
-    if cfg.freeze == "backbone":
-        names = [n for n, _ in backbone.named_children()]  # everything, pooling included
-    return Classifier(backbone, build_head(cfg.head, num_classes), names)
+    backbone = build_backbone(cfg.weights, cfg.arch)
+    modules, params = freeze_plan(backbone, cfg.freeze, cfg.arch)
+    return Classifier(backbone, build_head(cfg.head, feature_width(backbone), num_classes), modules, params)
 
 
-def build_backbone(weights: str) -> nn.Module:
-    """ResNet-50 without its ImageNet classifier: (N, 3, H, W) -> (N, 2048) pooled features."""
-    import torchvision
+def feature_width(backbone: nn.Module) -> int:
+    """Width of the backbone's output: timm's head_hidden_size where a pre-logits layer follows the pooling
+    (MobileNetV3's conv_head), else num_features."""
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
 
+
+# ---- stages and freezing -----------------------------------------------------------------------
+
+
+def stages(backbone: nn.Module) -> dict[str, list[str]]:
+    """{stage: parameter names} in forward order, from timm's coarse group_matcher (torchvision ResNets:
+    timm's ResNet grouping): 'stem'; then 'layer1'..'layer4' for ResNets, 'stage1'..'stageK' otherwise
+    (ConvNeXt/Swin stages, ViT blocks with the final norm in the last, EfficientNet block groups);
+    then 'tail', what follows the last stage (ConvNeXt's head.norm, Swin's norm): only `backbone` freezes it."""
+    from timm.models._manipulate import group_parameters
+
+    matcher = backbone.group_matcher(coarse=True) if hasattr(backbone, "group_matcher") else RESNET_GROUPS
+    groups = list(group_parameters(backbone, matcher).values())
+    out, tail = {}, None
+    if isinstance(matcher, dict):
+        patterns = {k: [v] if isinstance(v, str) else [p for p, _ in v] for k, v in matcher.items() if v}
+        if groups and any(re.match(p, groups[0][0]) for p in patterns.get("stem", [])):
+            out["stem"] = groups.pop(0)
+        if groups and not any(re.match(p, n) for ps in patterns.values() for p in ps for n in groups[-1]):
+            tail = groups.pop()  # parameters no pattern claims: timm puts them after everything
+    for i, names in enumerate(groups, 1):
+        out[f"layer{i}" if all(n.startswith(f"layer{i}.") for n in names) else f"stage{i}"] = names
+    if tail:
+        out["tail"] = tail
+    return out
+
+
+@functools.cache
+def stage_names(arch: str) -> tuple[str, ...] | None:
+    """The freezable stages of an arch (built once on the meta device: no memory, no weights)."""
+    if arch in TORCHVISION_ARCHS:
+        return STAGES
+    try:
+        with torch.device("meta"):
+            net = build_backbone("none", arch)
+    except Exception:
+        return None
+    return tuple(s for s in stages(net) if s != "tail")
+
+
+def frozen_stages(freeze: str, names=STAGES, arch: str = "resnet50") -> list[str]:
+    """'backbone' -> all stages; 'stem-layer2' or 'stem-stage2' -> stem and the first two; 'none' -> []."""
+    names = list(names)
+    if freeze == "backbone":
+        return names
+    if freeze == "none":
+        return []
+    n = 0 if freeze == "stem" else int(re.search(r"\d+$", freeze).group())
+    spelled = "stem-stageN" + (", or stem-layerN" if names[1:2] == ["layer1"] else "")
+    if names[:1] != ["stem"] or n > len(names) - 1 or ("layer" in freeze and names[1:2] != ["layer1"]):
+        raise ValueError(
+            f"model.freeze '{freeze}' does not fit {arch}: its stages are {', '.join(names)} "
+            f"(freeze backbone, none, stem or {spelled} with N from 1 to {len(names) - 1})"
+        )
+    return names[: n + 1]
+
+
+def freeze_plan(backbone: nn.Module, freeze: str, arch: str = "resnet50") -> tuple[list[str], list[str]]:
+    """(submodules kept in eval mode, parameter names frozen) for a freeze setting."""
+    if freeze == "backbone":  # everything, pooling included
+        return [n for n, _ in backbone.named_children()], [n for n, _ in backbone.named_parameters()]
+    groups = stages(backbone)
+    chosen = frozen_stages(freeze, [s for s in groups if s != "tail"], arch)
+    params = [p for s in chosen for p in groups[s]]
+    return whole_modules(backbone, set(params)), params
+
+
+def whole_modules(backbone: nn.Module, params: set[str]) -> list[str]:
+    """The largest submodules all of whose parameters are in `params` (BatchNorm and dropout inside them
+    are covered by putting them in eval mode)."""
+    total, hit = Counter(), Counter()
+    for name, _ in backbone.named_parameters():
+        parts = name.split(".")
+        for i in range(1, len(parts)):  # every enclosing module, outermost first
+            prefix = ".".join(parts[:i])
+            total[prefix] += 1
+            hit[prefix] += name in params
+    out: list[str] = []
+    for m in total:
+        if hit[m] == total[m] and not any(m.startswith(o + ".") for o in out):
+            out.append(m)
+    return out
+
+
+# ---- normalisation -----------------------------------------------------------------------------
+
+
+@functools.cache
+def input_stats(arch: str, weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the weights were trained with (`input.normalize: model`): the torchvision enum's
+    transforms, or timm's pretrained_cfg; for none/file, those of the arch's default pretrained weights."""
     kind, _, tag = weights.partition(":")
-    if kind == "none":
-        net = torchvision.models.resnet50(weights=None)
-    elif kind == "torchvision":
-        enum = torchvision.models.ResNet50_Weights[tag]
-        try:
-            net = torchvision.models.resnet50(weights=enum)
-        except Exception as e:  # offline: URLError, or a truncated file in the cache
-            raise WeightsError(_missing(weights, hub_file(enum.url), enum.url, e)) from None
-    elif kind == "timm":
-        import timm
+    if kind == "timm" or arch.startswith("timm:"):
+        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        from timm.models import get_pretrained_cfg
 
-        try:
-            return timm.create_model(tag, pretrained=True, num_classes=0)
-        except Exception as e:  # offline: huggingface_hub's LocalEntryNotFoundError and friends
-            hf = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-            raise WeightsError(
-                _missing(weights, hf / f"models--timm--{tag}", f"https://huggingface.co/timm/{tag}", e)
-            ) from None
-    else:  # file:<path>
-        net = torchvision.models.resnet50(weights=None)
-        net.load_state_dict(_read_state_dict(Path(tag)), strict=False)
-    net.fc = nn.Identity()
-    return net
+        cfg = get_pretrained_cfg(tag if kind == "timm" else arch[5:])
+        return (tuple(cfg.mean), tuple(cfg.std)) if cfg else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    transform = _torchvision_enum(arch, tag if kind == "torchvision" else "IMAGENET1K_V1").transforms()
+    return tuple(transform.mean), tuple(transform.std)
+
+
+# ---- weights files -----------------------------------------------------------------------------
 
 
 def hub_file(url: str) -> Path:
@@ -117,43 +243,58 @@ def hub_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def _missing(spec: str, path: Path, url: str, err: Exception) -> str:
+def _label(arch: str) -> str:
+    return f"ResNet-{arch[6:]}" if arch in TORCHVISION_ARCHS else arch.replace(":", " ")
+
+
+def _missing(spec: str, arch: str, path: Path, url: str, err: Exception) -> str:
     return (
         f"pretrained weights '{spec}' could not be loaded: {type(err).__name__}: {err}\n"
         f"  the cache looks for: {path}\n"
         f"  fix: download {url} on a machine with internet and copy it there, "
-        f"or set model.weights: file:/path/to/resnet50.pth (a ResNet-50 state dict); "
+        f"or set model.weights: file:/path/to/{arch.removeprefix('timm:')}.pth (a {_label(arch)} state dict); "
         f"bench never falls back to random weights on its own (weights: none does that, labelled)"
     )
 
 
-def _read_state_dict(path: Path) -> dict:
+def _read_state_dict(path: Path, net: nn.Module, arch: str) -> dict:
+    """A state dict for `net` from a file: plain, wrapped by a training script, or a bench Classifier's;
+    the ImageNet classifier's weights are dropped, anything else must match exactly."""
     if not path.is_file():
         raise WeightsError(
             f"weights file {path} does not exist; model.weights: file:<path> needs a saved "
-            "ResNet-50 state dict (torch.save(model.state_dict(), path))"
+            f"{_label(arch)} state dict (torch.save(model.state_dict(), path))"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from None
     for key in ("state_dict", "model"):  # training checkpoints wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = {
-        k.removeprefix("module.").removeprefix("backbone."): v
-        for k, v in state.items()
-        if not k.removeprefix("module.").startswith(("fc.", "head."))
-    }
-    import torchvision
-
-    expected = set(torchvision.models.resnet50().state_dict()) - {"fc.weight", "fc.bias"}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):  # a bench Classifier: its backbone only
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    classifier = getattr(net, "pretrained_cfg", {}).get("classifier", "fc")
+    heads = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+    expected = set(net.state_dict())
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(heads)}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise WeightsError(
-            f"weights file {path} is not a ResNet-50 state dict: "
+            f"weights file {path} is not a {_label(arch)} state dict: "
             f"{len(missing)} keys missing (e.g. {sorted(missing)[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
+        )
+    shapes = [k for k, v in net.state_dict().items() if v.shape != state[k].shape]
+    if shapes:
+        raise WeightsError(
+            f"weights file {path} does not fit {_label(arch)}: {len(shapes)} shapes differ, {shapes[:3]}"
         )
     return state
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG, STATUS, HISTORY, METRICS, PREDICTIONS, CHECKPOINT = (
     "config.json",
@@ -52,12 +52,19 @@ class ClassMetrics(Record):
 
 
 class TestMetrics(Record):
-    accuracy: float
-    precision_macro: float
-    recall_macro: float
-    f1_macro: float
-    per_class: list[ClassMetrics]
+    accuracy: float = Field(ge=0, le=1)
+    precision_macro: float = Field(ge=0, le=1)
+    recall_macro: float = Field(ge=0, le=1)
+    f1_macro: float = Field(ge=0, le=1)
+    per_class: list[ClassMetrics] = Field(min_length=2)
     confusion_matrix: list[list[int]]
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        n = len(self.per_class)
+        if len(self.confusion_matrix) != n or any(len(row) != n for row in self.confusion_matrix):
+            raise ValueError(f"confusion_matrix must be {n} x {n}, one row and column per class")
+        return self
 
 
 class RunMetrics(Record):

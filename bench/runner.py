@@ -8,6 +8,7 @@ where `execute` runs for each pending variant.
 
 from __future__ import annotations
 
+import errno
 import platform
 import traceback
 from collections.abc import Callable
@@ -21,10 +22,11 @@ import torch
 from bench import data as data_mod
 from bench import identity
 from bench.device import device_name
+from bench.files import sweep_cache
 from bench.metrics import classification_metrics
 from bench.models import build_backbone, describe_weights
 from bench.record import RunMetrics
-from bench.store import Store
+from bench.store import NO_SPACE, Store
 from bench.study import Study, Variant
 from bench.train import Diverged, fit
 
@@ -53,7 +55,7 @@ class Inputs:
 
     def __init__(self):
         self.datasets: dict = {}
-        self.weights_checked: set[str] = set()
+        self.weights_checked: set[tuple[str, str]] = set()
 
     def dataset(self, cfg) -> data_mod.Dataset:
         if cfg not in self.datasets:
@@ -62,10 +64,10 @@ class Inputs:
 
     def preflight(self, variants: list[Variant]) -> None:
         """Fail before any training if weights or data are missing (WeightsError / DataError)."""
-        for weights in dict.fromkeys(v.config.model.weights for v in variants):
-            if weights != "none" and weights not in self.weights_checked:
-                build_backbone(weights)
-                self.weights_checked.add(weights)
+        for arch, weights in dict.fromkeys((v.config.model.arch, v.config.model.weights) for v in variants):
+            if weights != "none" and (arch, weights) not in self.weights_checked:
+                build_backbone(weights, arch)  # a missing, truncated or mismatched file fails here, not mid-grid
+                self.weights_checked.add((arch, weights))
         for cfg in dict.fromkeys(v.config.data for v in variants):
             self.dataset(cfg)
 
@@ -112,10 +114,12 @@ def drive(
     """Fingerprint -> pending -> pre-flight -> record the study -> execute -> one result per variant."""
     hooks = hooks or Hooks()
     executor.check()
+    store.sweep()  # what killed processes left half-written
+    sweep_cache()
     variants, _ = identity.resolve(variants)  # data or weights missing: stop before anything is written
     if rerun_stale:  # runs made by other code: keep them aside, make them anew
-        for v in dict.fromkeys(v for v in variants if store.state(v) == "done" and store.other_code(v)):
-            store.set_aside(v.run_id)
+        for run_id in dict.fromkeys(v.run_id for v in variants if store.state(v) == "done" and store.other_code(v)):
+            store.set_aside(run_id)
     todo = pending(store, variants, retry_failed)
     inputs = Inputs()
     inputs.preflight(todo)
@@ -177,17 +181,8 @@ def execute(
             return RunResult(v, "busy", error="another bench process is training this run")
         if store.state(v) == "done":  # finished by another process while we waited our turn
             return RunResult(v, "skipped")
-        store.start(v, study)  # an existing checkpoint.pt is kept: fit() resumes from it
-        dataset = inputs.dataset(v.config.data)
         try:
-            outcome = fit(
-                v.config,
-                dataset,
-                device,
-                checkpoint=store.checkpoint(v.run_id),
-                feature_cache=feature_cache,
-                progress=progress,
-            )
+            return _train_and_record(study, v, store, device, inputs, feature_cache, progress)
         except Diverged as e:
             store.fail(v.run_id, "diverged", str(e), epoch=e.epoch, step=e.step)
             return RunResult(v, "failed", error=str(e))
@@ -197,39 +192,61 @@ def execute(
             return RunResult(v, "failed", error=msg)
         except (KeyboardInterrupt, SystemExit):
             raise  # status stays 'running' and the checkpoint stays: the next `bench run` resumes
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                store.fail(v.run_id, type(e).__name__, f"{e}\n{traceback.format_exc()}")
+                return RunResult(v, "failed", error=f"{type(e).__name__}: {e}")
+            msg = (
+                f"no space left at {e.filename or store.run_dir(v.run_id)}: free some space; the next bench run "
+                "retries this run from its last finished epoch"
+            )
+            try:
+                store.fail(v.run_id, NO_SPACE, msg, keep_checkpoint=True)
+            except OSError:  # still full: a run without a status reads as never started, never as running
+                (store.run_dir(v.run_id) / "status.json").unlink(missing_ok=True)
+            return RunResult(v, "failed", error=msg)
         except Exception as e:
             store.fail(v.run_id, type(e).__name__, f"{e}\n{traceback.format_exc()}")
             return RunResult(v, "failed", error=f"{type(e).__name__}: {e}")
 
-        probs = torch.softmax(torch.from_numpy(outcome.test_logits), 1).numpy()
-        preds = probs.argmax(1)
-        y = dataset.test.y.numpy()
-        predictions = pd.DataFrame({"index": np.arange(len(y)), "label": y, "pred": preds})
-        for i, c in enumerate(dataset.classes):
-            predictions[f"p_{c}"] = probs[:, i]
-        last = outcome.history[-1]
-        metrics = RunMetrics(
-            test=classification_metrics(y, preds, dataset.classes),
-            best_epoch=outcome.best_epoch,
-            best_val_acc=outcome.history[outcome.best_epoch - 1]["val_acc"],  # the tested epoch's, also for 'last'
-            final_train_acc=last["train_acc"],
-            final_val_acc=last["val_acc"],
-            epochs=len(outcome.history),
-            train_seconds=outcome.seconds,
-            train_images_per_sec=float(np.mean([h["train_images_per_sec"] for h in outcome.history])),
-            feature_cache=outcome.feature_cache,
-            weights=describe_weights(v.config.model.weights),
-            pretrained=v.config.model.weights != "none",
-            dataset=dataset.description,
-            n_train=len(dataset.train),
-            n_val=len(dataset.val),
-            n_test=len(dataset.test),
-            device=device_name(device),
-            precision=outcome.precision,
-            versions=versions(),
-        )
-        store.finish(v.run_id, outcome.history, metrics, predictions)
-        return RunResult(v, "done", metrics.test.accuracy, outcome.seconds)
+
+def _train_and_record(
+    study: str, v: Variant, store: Store, device: torch.device, inputs: Inputs, feature_cache: bool, progress
+) -> RunResult:
+    store.start(v, study)  # an existing checkpoint.pt is kept: fit() resumes from it
+    dataset = inputs.dataset(v.config.data)
+    outcome = fit(
+        v.config, dataset, device, checkpoint=store.checkpoint(v.run_id), feature_cache=feature_cache, progress=progress
+    )
+    probs = torch.softmax(torch.from_numpy(outcome.test_logits), 1).numpy()
+    preds = probs.argmax(1)
+    y = dataset.test.y.numpy()
+    predictions = pd.DataFrame({"index": np.arange(len(y)), "label": y, "pred": preds})
+    for i, c in enumerate(dataset.classes):
+        predictions[f"p_{c}"] = probs[:, i]
+    last = outcome.history[-1]
+    metrics = RunMetrics(
+        test=classification_metrics(y, preds, dataset.classes),
+        best_epoch=outcome.best_epoch,
+        best_val_acc=outcome.history[outcome.best_epoch - 1]["val_acc"],  # the tested epoch's, also for 'last'
+        final_train_acc=last["train_acc"],
+        final_val_acc=last["val_acc"],
+        epochs=len(outcome.history),
+        train_seconds=outcome.seconds,
+        train_images_per_sec=float(np.mean([h["train_images_per_sec"] for h in outcome.history])),
+        feature_cache=outcome.feature_cache,
+        weights=describe_weights(v.config.model.weights),
+        pretrained=v.config.model.weights != "none",
+        dataset=dataset.description,
+        n_train=len(dataset.train),
+        n_val=len(dataset.val),
+        n_test=len(dataset.test),
+        device=device_name(device),
+        precision=outcome.precision,
+        versions=versions(),
+    )
+    store.finish(v.run_id, outcome.history, metrics, predictions)
+    return RunResult(v, "done", metrics.test.accuracy, outcome.seconds)
 
 
 def versions() -> dict:

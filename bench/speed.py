@@ -89,7 +89,7 @@ def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     """One forward pass of the backbone over every image of the three splits."""
     cfg = v.config
     model = build_model(cfg.model, len(ds.classes)).to(device)
-    transform = BatchTransform(cfg.input, train=False)
+    transform = BatchTransform(cfg.input, False, cfg.model)
     dtype, batch = autocast_dtype(cfg.train, device), eval_batch_size(cfg.train, device)
     _, seconds = timed(
         lambda: [

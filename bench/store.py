@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench import identity, record
-from bench.files import atomic_write, now, read_json, try_lock, write_json
-from bench.record import RunHeader, RunMetrics, RunStatus, StudyManifest
 from bench.config import RunConfig
+from bench.files import atomic_write, now, read_json, sweep, try_lock, write_json
+from bench.record import RunHeader, RunMetrics, RunStatus, StudyManifest
 from bench.study import Study, Variant
 
 NO_SPACE = "no space left"  # a failure of the disk, not of the run: retried by the next `bench run`
@@ -80,6 +80,11 @@ class Store:
         os.replace(self.run_dir(run_id), aside)
         return aside
 
+    def sweep(self) -> list[Path]:
+        """Remove what killed `bench` processes of this host left half-written in the store."""
+        folders = [self.root / "studies", *(p for p in (self.root / "runs").glob("*") if p.is_dir())]
+        return [p for folder in folders for p in sweep(folder)]
+
     def claim(self, run_id: str, wait: bool = False) -> AbstractContextManager[bool]:
         """Yields True while this process holds the run's lock, False if another process does
         (with `wait`, once the other process has let go)."""
@@ -108,11 +113,11 @@ class Store:
         self._status(run_id, RunStatus(state="done", finished=now()))
         self.checkpoint(run_id).unlink(missing_ok=True)
 
-    def fail(self, run_id: str, error: str, detail: str, history: list[dict] | None = None, **extra) -> None:
-        if history:
-            atomic_write(self.run_dir(run_id) / record.HISTORY, pd.DataFrame(history).to_csv(index=False))
+    def fail(self, run_id: str, error: str, detail: str, keep_checkpoint: bool = False, **extra) -> None:
+        """Record a failed run; its checkpoint goes unless kept for a retry (a full disk)."""
         self._status(run_id, RunStatus(state="failed", finished=now(), error=error, detail=detail, **extra))
-        self.checkpoint(run_id).unlink(missing_ok=True)
+        if not keep_checkpoint:
+            self.checkpoint(run_id).unlink(missing_ok=True)
 
     def _status(self, run_id: str, status: RunStatus) -> None:
         status.host = socket.gethostname()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from bench.config import KNOWN_KEYS, ConfigError, RunConfig, Strict
 from bench.identity import Fingerprints, run_id
 from bench.util import did_you_mean, flatten, fmt_value
+from bench.yamlfile import read_yaml
 
 
 class VariantSpec(Strict):
@@ -77,35 +78,6 @@ class Study:
         )
 
 
-# ---- YAML with line numbers --------------------------------------------------------------
-
-
-def _line_index(node, prefix=(), out=None) -> dict[tuple, int]:
-    """Map each key path in the YAML document to its 1-based line, so errors can point at it."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            path = prefix + (k.value,)
-            out[path] = k.start_mark.line + 1
-            _line_index(v, path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out[prefix + (i,)] = v.start_mark.line + 1
-            _line_index(v, prefix + (i,), out)
-    return out
-
-
-def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
-    text = path.read_text()
-    try:
-        data, node = yaml.safe_load(text), yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(path, [f"YAML syntax error at {where}{getattr(e, 'problem', None) or e}"]) from None
-    return data, _line_index(node) if node is not None else {}
-
-
 # ---- dotted keys ------------------------------------------------------------------------
 
 
@@ -137,22 +109,23 @@ def _label(keys: list[str], key: str) -> str:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set key=value` value, read as YAML (so 1, 1e-3, true, [a, b] work)."""
+    """An override's value written as text, read as YAML (so 1, 1e-3, true, [a, b] work)."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
 
 
-def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None, given_by: str = "overrides") -> Study:
     """Read, validate and expand a study file. Raises ConfigError listing every problem found.
 
-    `overrides` (dotted key -> value) apply to every variant, after the study file's own values.
+    `overrides` (dotted key -> value) apply to every variant, after the study file's own values;
+    errors in them are attributed to `given_by` (the CLI says '--set').
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, [f"no such file (looked for {path.resolve()})"])
-    raw, lines = _read_yaml(path)
+    raw, lines = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(path, ["the study file must be a YAML mapping with at least 'study:' and 'defaults:'"])
 
@@ -187,7 +160,7 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -
                 problems.append(f"variants[{i}] ({v.name}).set.{key}: {msg}{at('variants', i, 'set', key)}")
     for key in overrides:
         if msg := _check_key(key):
-            problems.append(f"--set {key}: {msg}")
+            problems.append(f"{given_by} {key}: {msg}")
     if problems:
         raise ConfigError(path, problems)
 
@@ -233,7 +206,7 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -
                 for err in e.errors():
                     key = ".".join(map(str, err["loc"]))
                     if key in overrides:
-                        src = " (from --set)"
+                        src = f" (from {given_by})"
                     elif key in sets:
                         src = at(*origin, "set", key) if origin[0] == "variants" else at(*origin)
                     else:

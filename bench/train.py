@@ -28,7 +28,8 @@ from bench.transforms import BatchTransform
 
 
 class Diverged(Exception):
-    """The loss became NaN or inf: the run stops at once instead of burning hours on garbage."""
+    """The loss became NaN or inf, or exploded past `exploded_loss`: the run stops at once
+    instead of burning hours on garbage."""
 
     def __init__(self, epoch: int, step: int, loss: float):
         self.epoch, self.step, self.loss = epoch, step, loss
@@ -61,6 +62,12 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
         )
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def exploded_loss(classes: int) -> float:
+    """A cross-entropy a hundred times that of guessing uniformly (ln C): no training run that is
+    learning gets there, and one that diverges with finite numbers (lr 10) passes it within steps."""
+    return 100 * math.log(max(classes, 2))
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -96,6 +103,10 @@ def fit(
     eval_bs = eval_batch_size(tc, device)
     started = time.perf_counter()
 
+    if cfg.model.head.kind != "mlp":  # a logreg / k-NN probe on the frozen features: no epochs
+        from bench import probes  # here: bench.probes builds on this module's Outcome
+
+        return probes.fit_probe(cfg, model, data, device, dtype, eval_bs, cache_dir, feature_cache, progress, started)
     if feature_cache and features.cacheable(cfg):
         # Frozen backbone, deterministic inputs: train the head on features computed once.
         feats, hit = features.split_features(
@@ -109,13 +120,17 @@ def fit(
         inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
         if device.type == "cuda":  # the whole uint8 data set fits on the GPU: no host transfers
             inputs = {s: x.to(device) for s, x in inputs.items()}
-        train_tf, eval_tf = BatchTransform(cfg.input, train=True), BatchTransform(cfg.input, train=False)
+        train_tf, eval_tf = (BatchTransform(cfg.input, t, cfg.model) for t in (True, False))
     labels = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
 
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(tc, params)
     n_train = len(labels["train"])
-    steps_per_epoch = math.ceil(n_train / tc.batch_size)
+    # A last batch of one image is dropped each epoch: BatchNorm cannot normalise a single sample.
+    # The order is reshuffled every epoch, so no image is left out for good.
+    n_used = n_train - 1 if n_train % tc.batch_size == 1 and n_train > 1 else n_train
+    steps_per_epoch = math.ceil(n_used / tc.batch_size)
+    too_high = exploded_loss(len(data.classes))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(tc, s, steps_per_epoch))
 
     history: list[dict] = []
@@ -142,8 +157,8 @@ def fit(
         order = torch.randperm(n_train).to(device)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         lr_sum = 0.0  # the learning rate each step of this epoch used (history's lr is their mean)
-        advance = progress(f"epoch {epoch}/{tc.epochs} train", n_train) if progress else None
-        for step, i in enumerate(range(0, n_train, tc.batch_size)):
+        advance = progress(f"epoch {epoch}/{tc.epochs} train", n_used) if progress else None
+        for step, i in enumerate(range(0, n_used, tc.batch_size)):
             idx = order[i : i + tc.batch_size]
             x = inputs["train"][idx.to(inputs["train"].device)].to(device, non_blocking=True)
             x = train_tf(x) if train_tf else x
@@ -151,7 +166,7 @@ def fit(
             with autocast(device, dtype):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
-            if not torch.isfinite(loss):
+            if not bool(loss.isfinite() & (loss <= too_high)):  # one device sync per step, as before
                 raise Diverged(epoch, step, loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,12 +186,12 @@ def fit(
             {
                 "epoch": epoch,
                 "lr": lr_sum / steps_per_epoch,
-                "train_loss": loss_sum.item() / n_train,
-                "train_acc": correct.item() / n_train,
+                "train_loss": loss_sum.item() / n_used,
+                "train_acc": correct.item() / n_used,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
                 "seconds": time.perf_counter() - t0,
-                "train_images_per_sec": n_train / train_seconds,
+                "train_images_per_sec": n_used / train_seconds,
             }
         )
         if tc.select == "last" or val_acc > best["acc"]:

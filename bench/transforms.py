@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
-from bench.config import InputConfig
+from bench.config import InputConfig, ModelConfig
+from bench.models import input_stats
 
 
 def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -31,12 +32,18 @@ def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 
 
 class BatchTransform:
-    """uint8 (N, 3, H, W) on the device -> float (N, 3, R, R), augmented when `train`."""
+    """uint8 (N, 3, H, W) on the device -> float (N, 3, R, R), augmented when `train`.
 
-    def __init__(self, cfg: InputConfig, train: bool):
+    `model` (the run's ModelConfig) is needed for `input.normalize: model`: its weights' own mean/std."""
+
+    def __init__(self, cfg: InputConfig, train: bool, model: ModelConfig | None = None):
         self.resolution, self.augment = cfg.resolution, cfg.augment if train else "none"
         if cfg.normalize == "imagenet":
             self.mean, self.std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        elif cfg.normalize == "model":
+            if model is None:
+                raise ValueError("input.normalize: model needs the model: BatchTransform(cfg.input, train, cfg.model)")
+            self.mean, self.std = input_stats(model.arch, model.weights)
         else:  # the lab report's plain [0, 1] scaling
             self.mean, self.std = None, None
         # The policies draw one op per call, so they are applied image by image (at 32 px, cheap)

@@ -41,6 +41,7 @@ def write_run(
     seconds=100.0,
     lr=0.001,
     correct=None,
+    data_fp="cifar10:test",
 ):
     """A finished run folder in the store's format, with metrics computed from its predictions.
 
@@ -59,7 +60,11 @@ def write_run(
         "train": {"lr": lr},
         "seed": seed,
     }
-    write_json(d / "config.json", RunHeader(run_id=run_id, variant=variant, seed=seed, config=config).model_dump())
+    fingerprints = {"data": data_fp, "weights": "none" if weights == "none" else "sha256:test"}
+    header = RunHeader(
+        run_id=run_id, variant=variant, seed=seed, config=config, identity={"fingerprints": fingerprints}
+    )
+    write_json(d / "config.json", header.model_dump())
     predictions = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "pred": pred})
     for i, c in enumerate(CLASSES):
         predictions[f"p_{c}"] = (pred == i).astype(float)

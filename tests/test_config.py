@@ -169,11 +169,11 @@ def test_set_errors_are_attributed_to_the_command_line(write_study):
     with pytest.raises(
         ConfigError, match=r"train.batch_size: got 0; input should be greater than or equal to 1 \(from --set\)"
     ):
-        load_study_file(path, {"train.batch_size": 0})
+        load_study_file(path, {"train.batch_size": 0}, given_by="--set")
     with pytest.raises(
         ConfigError, match=r"--set train.epoch: unknown key 'train.epoch' \(did you mean 'train.epochs'\?\)"
     ):
-        load_study_file(path, {"train.epoch": 1})
+        load_study_file(path, {"train.epoch": 1}, given_by="--set")
 
 
 def test_run_config_is_frozen_and_hash_is_canonical():

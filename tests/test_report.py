@@ -274,7 +274,7 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     page = (out / "tiny" / "report.md").read_text()
-    assert "RANDOM INITIALISATION" in page and "baseline [random init]" in page
+    assert "RANDOM INITIALISATION" in page and r"baseline \[random init\]" in page  # escaped: shown literally
     assert main(["compare", "lr=0.01", "baseline", "--results", str(results)]) == 0
     printed = capsys.readouterr().out
     spec = json.loads((results / "studies" / "tiny.json").read_text())
@@ -285,3 +285,16 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
     for name in ("lr=0.01", "baseline"):
         assert f"{100 * np.mean(accs[name]):.2f}" in printed
     assert "paired t over seeds" in printed and "McNemar" in printed and "60 test images" in printed
+
+
+def test_runs_on_other_images_are_labelled_and_never_paired(tmp_path):
+    root = tmp_path / "results"
+    for seed in range(2):
+        write_run(root, f"b-{seed}", "baseline", seed, 0.6)
+        write_run(root, f"n-{seed}", "new-images", seed, 0.7, data_fp="cifar10:other")
+    write_manifest(root, "mixed", [(n, s, f"{n[0]}-{s}", {}) for n in ("baseline", "new-images") for s in range(2)])
+    study = load_runs(root, "mixed")
+    rows = {r[0]: r for r in tables.results_table(study, "baseline").rows}
+    assert "new-images [other data: cifar10:other]" in rows and "baseline" in rows
+    (row,) = tables.effects_table(study, "baseline").rows
+    assert row[2] == "different test images"  # never compared as if on the same images

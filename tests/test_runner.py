@@ -187,18 +187,23 @@ def test_two_processes_never_train_the_same_run(write_study, tmp_path):
     path = study(write_study)
     (variant,) = variants_of(path)
     store = Store(tmp_path / "results")
-    with store.claim(variant.run_id) as mine:
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)]
+    with store.claim(variant.run_id) as mine:  # as if another bench process were training it
         assert mine
         with Store(tmp_path / "results").claim(variant.run_id) as theirs:
             assert not theirs
-        code = subprocess.run(
-            [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)],
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-        )
-        assert code.returncode == 1 and "another bench process is training this run" in code.stderr
-    assert main(["run", str(path), "--results", str(store.root)]) == 0
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        said = ""
+        for line in proc.stderr:  # until it says it waits for the holder
+            said += line
+            if "waiting" in line:
+                break
+        assert proc.poll() is None and "waiting" in said, said  # it waits instead of training beside the holder
+        assert not (store.run_dir(variant.run_id) / "metrics.json").exists()
+    out, err = proc.communicate(timeout=300)  # let go: it takes the run over
+    assert proc.returncode == 0, said + err
+    assert "another bench process is training baseline" in (said + err).replace("\n", " ")
+    assert store.state(variant) == "done"
 
 
 @pytest.mark.slow

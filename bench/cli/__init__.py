@@ -4,10 +4,13 @@ pipeline, `console` shows it."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
 from pathlib import Path
 
 from bench.cli import commands, console
-from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError
+from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.models import WeightsError
     from bench.report import ReportError
 
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+    console.doing("starting", "nothing was changed")
     try:
         return args.func(args)
     except DataError as e:
@@ -27,12 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, WeightsError, ReportError, LaunchError, NotWritable) as e:
         console.error(str(e))
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `bench list ... | head`: the reader has gone; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
-        console.err.print(
-            "[yellow]interrupted:[/] finished runs are kept; the cut-off run resumes from its "
-            "last epoch on the next `bench run`"
-        )
+        what, then = console.phase
+        console.err.print(f"[yellow]interrupted[/] while {what}: {then}", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,7 +85,13 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", metavar="DIR", help="same as --set data.path=DIR")
         results_arg(sp)
 
-    command("list", "show the expanded grid: what differs, rough cost, status", commands.cmd_list, study_file_args)
+    sp = command("list", "show the expanded grid: what differs, rough cost, status", commands.cmd_list, study_file_args)
+    sp.add_argument(
+        "--format",
+        default="table",
+        choices=console.LISTING_FORMATS,
+        help="table (default), csv or json (every field, for scripts), names (one variant per line)",
+    )
 
     sp = command("run", "train and evaluate every variant not done yet", commands.cmd_run, study_file_args, device_arg)
     sp.add_argument("--retry-failed", action="store_true", help="also re-run variants that failed before")

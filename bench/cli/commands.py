@@ -39,7 +39,7 @@ def load(args):
         overrides["data.limit_train"] = args.limit_train
     if args.data_dir:
         overrides["data.path"] = str(Path(args.data_dir).expanduser().resolve())
-    study = load_study_file(args.study, overrides)
+    study = load_study_file(args.study, overrides, given_by="--set")
     try:
         return study, select(study, args.only)
     except ConfigError as e:
@@ -52,8 +52,8 @@ def command_line() -> str:
 
 def list_status(store, study, v, missing: dict[str, str]) -> str:
     """What `bench list` says of a run: done, failed, running, pending, stale (and why), other code."""
-    if v.name in missing:
-        return f"cannot check: {missing[v.name]}"
+    if v.name in missing:  # the reason is printed once below the table
+        return "pending (weights not here)" if missing[v.name].startswith("weights") else "pending (data not found)"
     state = store.state(v)
     if state == "done" and (other := store.other_code(v)):
         return "done, other code (" + ", ".join(f"{k} {a}->{b}" for k, (a, b) in other.items()) + ")"
@@ -82,7 +82,10 @@ def cmd_list(args) -> int:
         }
         for v in variants
     ]
-    console.study_listing(f"{study.name}: {len(variants)} runs ({args.study})", rows, sum(r["tflop"] for r in rows))
+    title = f"{study.name}: {len(variants)} runs ({args.study})"
+    console.study_listing(title, rows, sum(r["tflop"] for r in rows), args.format)
+    for why in dict.fromkeys(missing.values()):
+        console.warning(f"{why}; until then run ids and states cannot be checked (`bench run` says how to get it)")
     return EXIT_OK
 
 
@@ -111,12 +114,17 @@ def cmd_run(args) -> int:
     check_writable(store.root / "studies", f"{study.name}.json", "the results store (--results)")
     check_writable(cache_root(), "fingerprints.json", "the cache ($BENCH_CACHE)")
     how = executor(args, device)
+    console.doing("checking the data and weights", "nothing was trained; run the same command again")
 
     with console.progress() as progress:
         grid = progress.add_task(f"[bold]{escape(study.name)}[/]", total=len(variants))
         bars = console.RunBars(progress)
 
         def started(v):
+            console.doing(
+                f"training {v.name} (seed {v.seed})",
+                "finished runs are kept; the cut-off run resumes from its last finished epoch on the next `bench run`",
+            )
             bars.clear()
             console.err.print(
                 f"[bold]>[/] {escape(v.name)} (seed {v.seed}) -> {store.run_dir(v.run_id)}", highlight=False
@@ -160,6 +168,7 @@ def cmd_speed(args) -> int:
 
     _, variants = load(args)
     device = pick_device(args.device)
+    console.doing("benchmarking", "nothing was written")
     with console.progress(transient=True) as progress:
         table = run_speed(variants, device, progress=console.RunBars(progress))
     md, targets = write_speed_report(table, args.out, sys.argv[1:])
@@ -183,6 +192,10 @@ def cmd_report(args) -> int:
             f"unknown --format {','.join(sorted(formats - set(FORMATS))) or '(empty)'}; use md, tex or md,tex"
         )
     check_writable(args.out, "report.md", "the report folder (--out)")
+    console.doing(
+        "writing the report",
+        "each file written so far is complete (files are written whole); run `bench report` again for the rest",
+    )
     for r in report(args.results, args.out, args.study, formats, args.baseline, args.variant):
         for w in r.warnings:
             console.warning(w)
@@ -192,20 +205,41 @@ def cmd_report(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from bench.report import load_runs, verify
+    from rich.markup import escape
+
+    from bench.report import ReportError, load_runs, verify
     from bench.store import Store
 
+    names = [args.study] if args.study else Store(args.results).study_names()
+    if not names:
+        raise UsageError(f"no studies in {args.results / 'studies'}; point --results at the store that holds them")
     bad = 0
-    for name in [args.study] if args.study else Store(args.results).study_names():
-        checked = verify(load_runs(args.results, name))
+    for name in names:
+        try:
+            checked, unverifiable = verify(load_runs(args.results, name))
+        except ReportError as e:
+            console.error(f"study {name} could not be verified: {e}")
+            bad += 1
+            continue
         worst = max((d for _, d in checked), default=0.0)
-        bad += sum(d > 1e-9 for _, d in checked)
         for run, d in checked:
             if d > 1e-9:
-                console.err.print(f"[red]{name}: {run.variant} (seed {run.seed}, {run.run_id}) differs by {d:.3g}[/]")
+                bad += 1
+                console.err.print(
+                    f"[red]{escape(name)}: {escape(run.variant)} (seed {run.seed}, {run.run_id}) differs by {d:.3g}[/]",
+                    highlight=False,
+                )
+        for run, why in unverifiable:
+            bad += 1
+            console.err.print(
+                f"[red]{escape(name)}: {escape(run.variant)} (seed {run.seed}, {run.run_id}) could not "
+                f"be verified: {escape(why)}[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
         console.out.print(
-            f"{name}: {len(checked)} finished runs recomputed with scikit-learn from predictions.csv; "
-            f"largest difference from metrics.json {worst:.2g}",
+            f"{escape(name)}: {len(checked)} finished runs recomputed with scikit-learn from predictions.csv; "
+            f"largest difference from metrics.json {worst:.2g}; {len(unverifiable)} could not be verified",
             highlight=False,
             soft_wrap=True,
         )
@@ -219,7 +253,3 @@ def cmd_compare(args) -> int:
     c = result.comparison
     console.comparison(f"{result.study.name}: {args.a} vs {args.b} on {c.n_images:,} test images", args.a, args.b, c)
     return EXIT_OK
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt

@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 err = Console(stderr=True)  # progress, warnings and errors
+phase = ("starting", "nothing was changed")  # what is being done, and what an interrupt leaves behind
+
+
+def doing(what: str, then: str) -> None:
+    """Say what the command is doing now, for the message an interrupt prints."""
+    global phase
+    phase = (what, then)
+
+
 out = Console()  # results, so `bench ... > file` keeps them
 
 PROGRESS_COLUMNS = (
@@ -78,26 +88,45 @@ def run_summary(results) -> None:
             )
 
 
-def study_listing(title: str, rows: list[dict], total_tflop: float) -> None:
+LISTING_FORMATS = ("table", "csv", "json", "names")
+
+
+def study_listing(title: str, rows: list[dict], total_tflop: float, fmt: str = "table") -> None:
+    """`bench list`: a table for people (wraps to the terminal), csv/json for programs, names for a Slurm array."""
+    if fmt == "names":
+        print("\n".join(dict.fromkeys(r["variant"] for r in rows)))
+        return
+    if fmt in ("csv", "json"):
+        frame = pd.DataFrame(rows)
+        print(frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1), end="")
+        return
     table = Table(title=escape(title))
-    for col in ("#", "variant", "seed", "what differs", "~TFLOP", "status", "run id"):
+    for col, key in (
+        ("variant", "variant"),
+        ("seed", "seed"),
+        ("what differs", "differs"),
+        ("~TFLOP", "tflop"),
+        ("status", "status"),
+        ("run id", "run_id"),
+    ):
         table.add_column(
-            col, justify="right" if col in ("#", "seed", "~TFLOP") else "left", no_wrap=col in ("variant", "run id")
+            col,
+            justify="right" if key in ("seed", "tflop") else "left",
+            overflow="fold",
+            ratio=3 if key in ("variant", "differs", "status") else None,
         )
-    for i, r in enumerate(rows, 1):
+    for r in rows:
         table.add_row(
-            str(i),
             escape(r["variant"]),
             str(r["seed"]),
             escape(r["differs"]),
             f"{r['tflop']:,.0f}",
-            r["status"],
+            escape(r["status"]),
             r["run_id"],
         )
     out.print(table)
     out.print(
-        f"total ~{total_tflop:,.0f} TFLOP (ResNet-50 multiply-adds; a frozen backbone with no "
-        "augmentation runs once, its features are cached)"
+        f"total ~{total_tflop:,.0f} TFLOP (a frozen backbone with no augmentation runs once: its features are cached)"
     )
 
 

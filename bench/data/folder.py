@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import DataError
-from bench.files import atomic_save, cache_root
+from bench.files import atomic_save, cache_root, temp_prefix
 
 
 def read_folder(path: Path, content: str):
@@ -55,7 +55,7 @@ def _extracted(path: Path, content: str) -> Path:
     dest = cache_root() / "extracted" / content.replace(":", "-")
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".extracting-"))
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix("extracting")))
         try:
             with tarfile.open(path) as tar:
                 tar.extractall(tmp, filter="data")

@@ -77,7 +77,13 @@ def is_random_init(study: StudyRuns, variant: str) -> bool:
 
 
 def label(study: StudyRuns, variant: str) -> str:
-    return f"{variant} [random init]" if is_random_init(study, variant) else variant
+    """The variant's name, with what a reader must not miss: random weights, other images than the rest."""
+    tags = ["random init"] if is_random_init(study, variant) else []
+    prints = [r.fingerprints.get("data") for r in study.runs if r.state == "done" and r.fingerprints.get("data")]
+    own = {r.fingerprints.get("data") for r in study.done(variant)} - {None}
+    if len(set(prints)) > 1 and own and own != {max(set(prints), key=prints.count)}:
+        tags.append("other data: " + ", ".join(sorted(own)))
+    return f"{variant} [{'; '.join(tags)}]" if tags else variant
 
 
 def cache_note(study: StudyRuns) -> str | None:

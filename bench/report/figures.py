@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bench.files import atomic_save
 from bench.report.describe import cache_note, is_random_init
 from bench.report.format import TEST_ACC, mean_std, value
 from bench.report.runs import StudyRuns
@@ -37,7 +38,8 @@ def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -
     )
     curves = {}
     for v in study.variants:
-        histories = [r.history for r in study.done(v) if r.history is not None]
+        # probes have one history row per hyper-parameter candidate, not per epoch: no curve
+        histories = [r.history for r in study.done(v) if r.history is not None and "selected" not in r.history]
         if histories:
             curves[v] = pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
     if curves:
@@ -69,10 +71,19 @@ def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:
     paths = []
     for fmt in sorted(formats):
         path = stem.with_suffix("." + EXTENSIONS[fmt])
-        # No creation date in the PDF: the same results give the same file.
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "tex" else None)
+        # No creation date in the PDF: the same results give the same file. Written whole or not at all.
+        meta = {"CreationDate": None} if fmt == "tex" else None
+        ext = EXTENSIONS[fmt]
+        atomic_save(
+            path, lambda f, ext=ext, meta=meta: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
+        )
         paths.append(path)
     return paths
+
+
+def plain(text: str) -> str:
+    """User text drawn as written: a '$' would start matplotlib's math mode."""
+    return str(text).replace("$", r"\$")
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -90,9 +101,11 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str, stem: Path, fo
     ax = fig.add_subplot()
     image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=title)
-    ax.set_xticklabels(classes, rotation=45, ha="right")
-    ax.set_yticklabels(classes)
+    ax.set(
+        xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=plain(title)
+    )
+    ax.set_xticklabels([plain(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticklabels([plain(c) for c in classes])
     if len(classes) <= 15:  # beyond that the numbers no longer fit in their cells
         for (i, j), v in np.ndenumerate(rows):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
@@ -118,7 +131,7 @@ def learning_curves(curves: dict[str, pd.DataFrame], stem: Path, formats: set[st
             markersize=3,
         )
         for ax, (column, _) in zip(axes.flat, panels):
-            ax.plot(history["epoch"], history[column], label=name, **style)
+            ax.plot(history["epoch"], history[column], label=plain(name), **style)
     for ax, (_, label) in zip(axes.flat, panels):
         ax.set(title=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -164,7 +177,9 @@ def accuracy_vs_time(points: pd.DataFrame, stem: Path, formats: set[str]) -> lis
         label="best accuracy for the time",
     )
     for _, p in points.iterrows():
-        ax.annotate(p["variant"], (p["seconds"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        ax.annotate(
+            plain(p["variant"]), (p["seconds"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7
+        )
     positive = points["seconds"][points["seconds"] > 0]
     if len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")

@@ -79,12 +79,12 @@ class Table:
     wrap: dict[int, str] = field(default_factory=dict)  # LaTeX only: column -> width of a wrapping column
 
     def markdown(self) -> str:
-        escaped = [[c.replace("|", "\\|") for c in row] for row in self.rows]
+        escaped = [[md(c) for c in row] for row in self.rows]
         cells = [
             [f"**{c}**" if (i, j) in self.bold and c else c for j, c in enumerate(row)] for i, row in enumerate(escaped)
         ]
         colalign = ["right" if a == "r" else "left" for a in self.align]
-        return pd.DataFrame(cells, columns=self.columns).to_markdown(
+        return pd.DataFrame(cells, columns=[md(c) for c in self.columns]).to_markdown(
             index=False, disable_numparse=True, colalign=colalign
         )
 
@@ -132,7 +132,17 @@ TEX_ESCAPES = {
     "≥": r"$\geq$",
     "≤": r"$\leq$",
     "†": r"\dag{}",
+    "[": "{[}",  # a cell starting with [ right after \\ would be read as the row's spacing argument
+    "]": "{]}",
 }
+
+
+MD_SPECIAL = set("\\`*_[]<>|$~")  # what GitHub markdown would act on inside a line
+
+
+def md(text: str) -> str:
+    """User text shown literally in GitHub markdown (names like '*a*', 'x|y' or '$5' included)."""
+    return "".join("\\" + ch if ch in MD_SPECIAL else ch for ch in str(text))
 
 
 def tex(text: str) -> str:

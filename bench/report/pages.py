@@ -3,10 +3,12 @@ provenance a reader needs before trusting the numbers."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from bench.report.describe import is_random_init
-from bench.report.format import Table, tex
+from bench.report.format import Table, md, tex
 from bench.report.runs import StudyRuns
 
 
@@ -15,8 +17,7 @@ def provenance(study: StudyRuns) -> list[tuple[str, str]]:
     done = [r for r in study.runs if r.state == "done"]
 
     def tally(get) -> str:
-        counts = pd.Series([get(r.metrics) for r in done]).value_counts()
-        return "; ".join(f"{k} ({n} run{'s' * (n > 1)})" if len(counts) > 1 else str(k) for k, n in counts.items())
+        return tally_runs(done, lambda r: get(r.metrics))
 
     states = pd.Series([r.state for r in study.runs]).value_counts()
     return [
@@ -28,7 +29,22 @@ def provenance(study: StudyRuns) -> list[tuple[str, str]]:
         ("Device", tally(lambda m: m.device)),
         ("Precision", tally(lambda m: m.precision)),
         ("Software", tally(lambda m: ", ".join(f"{k} {v}" for k, v in m.versions.items()))),
+        ("Data fingerprint", tally_runs(done, lambda r: r.fingerprints.get("data", "not recorded"))),
+        ("Weights fingerprint", tally_runs(done, lambda r: r.fingerprints.get("weights", "not recorded"))),
+        ("Code", tally_runs(done, lambda r: ", ".join(f"{k} {v}" for k, v in r.code.items()) or "not recorded")),
     ]
+
+
+def md_code(text: str) -> str:
+    """`text` as a markdown code span, fenced by more backticks than it holds."""
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if len(fence) > 1 else f"`{text}`"
+
+
+def tally_runs(runs, get) -> str:
+    """'x' when every run agrees, else 'x (3 runs); y (1 run)'."""
+    counts = pd.Series([get(r) for r in runs], dtype=object).value_counts()
+    return "; ".join(f"{k} ({n} run{'s' * (n > 1)})" if len(counts) > 1 else str(k) for k, n in counts.items())
 
 
 def random_init_warning(study: StudyRuns) -> str | None:
@@ -62,19 +78,20 @@ FIGURE_TITLES = {
 def page_markdown(
     study: StudyRuns, tables: list[Table], captions: dict[str, str], variant: str | None, warnings: list[str]
 ) -> str:
-    lines = [f"# {study.name}", "", study.description, ""]
+    lines = [f"# {md(study.name)}", "", md(study.description), ""]
     if warning := random_init_warning(study):
-        lines += [f"> **⚠ {warning}**", ""]
+        lines += [f"> **⚠ {md(warning)}**", ""]
     lines += ["## How these numbers were made", ""]
     lines += [
-        f"- **{k}:** `{v}`" if k in ("Command", "Study file") else f"- **{k}:** {v}" for k, v in provenance(study)
+        f"- **{k}:** {md_code(v)}" if k in ("Command", "Study file") else f"- **{k}:** {md(v)}"
+        for k, v in provenance(study)
     ]
     lines.append("")
     for t in tables:
-        lines += [f"## {SECTIONS[t.name]}", "", t.caption, "", t.markdown(), ""]
-        lines += [f"_{n}_" + "\n" for n in t.notes]
+        lines += [f"## {SECTIONS[t.name]}", "", md(t.caption), "", t.markdown(), ""]
+        lines += [f"_{md(n)}_" + "\n" for n in t.notes]
         if t.name == "per_class" and "confusion" in captions:
-            lines += [f"![confusion matrix of {variant}](figures/confusion.png)", "", captions["confusion"], ""]
+            lines += ["![confusion matrix](figures/confusion.png)", "", md(captions["confusion"]), ""]
     for name in ("learning_curves", "accuracy_vs_time"):
         if name in captions:
             lines += [
@@ -82,11 +99,11 @@ def page_markdown(
                 "",
                 f"![{FIGURE_TITLES[name]}](figures/{name}.png)",
                 "",
-                captions[name],
+                md(captions[name]),
                 "",
             ]
     if warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+        lines += ["## Warnings", ""] + [f"- {md(w)}" for w in warnings] + [""]
     return "\n".join(lines)
 
 

@@ -32,6 +32,8 @@ class Run:
     metrics: RunMetrics | None = None
     history: pd.DataFrame | None = None
     predictions: pd.DataFrame | None = None
+    fingerprints: dict = field(default_factory=dict)  # data and weights, as recorded when it ran
+    code: dict = field(default_factory=dict)  # bench, torch, torchvision, timm versions that made it
 
     @property
     def correct(self) -> np.ndarray:
@@ -80,7 +82,9 @@ def _read_run(store: Store, variant: str, seed: int, run_id: str, overrides: dic
     d = store.run_dir(run_id)
     run = Run(variant, seed, run_id, overrides, "pending")
     try:
-        run.config = store.read_header(run_id).config
+        header = store.read_header(run_id)
+        run.config, run.code = header.config, header.code
+        run.fingerprints = (header.identity or {}).get("fingerprints", {})
     except (OSError, RecordError):
         pass
     try:
@@ -117,13 +121,22 @@ def _read_run(store: Store, variant: str, seed: int, run_id: str, overrides: dic
     return run
 
 
-def verify(study: StudyRuns) -> list[tuple[Run, float]]:
+def verify(study: StudyRuns) -> tuple[list[tuple[Run, float]], list[tuple[Run, str]]]:
     """Recompute each finished run's test metrics with scikit-learn straight from predictions.csv,
-    independently of the code that trained it; return (run, largest absolute difference)."""
+    independently of the code that trained it. Returns (run, largest absolute difference) for the
+    runs checked, and (run, why) for those that could not be: damaged files, probabilities that are
+    missing, not finite, not summing to 1 or not agreeing with the predicted class."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    out = []
-    for run in (r for r in study.runs if r.state == "done"):
+    checked, unverifiable = [], []
+    for run in study.runs:
+        if run.state == "damaged":
+            unverifiable.append((run, run.detail))
+        if run.state != "done":
+            continue
+        if why := _bad_probabilities(run):
+            unverifiable.append((run, why))
+            continue
         y, p, saved = run.predictions["label"], run.predictions["pred"], run.metrics.test
         labels = range(len(saved.per_class))
         prec, rec, f1, _ = precision_recall_fscore_support(y, p, labels=labels, average="macro", zero_division=0)
@@ -134,5 +147,20 @@ def verify(study: StudyRuns) -> list[tuple[Run, float]]:
             abs(saved.f1_macro - f1),
             float(np.abs(np.array(saved.confusion_matrix) - confusion_matrix(y, p, labels=labels)).max()),
         ]
-        out.append((run, max(diffs)))
-    return out
+        checked.append((run, max(diffs)))
+    return checked, unverifiable
+
+
+def _bad_probabilities(run: Run) -> str | None:
+    columns = [c for c in run.predictions.columns if c.startswith("p_")]
+    if len(columns) != len(run.metrics.test.per_class):
+        return f"predictions.csv has {len(columns)} probability columns for {len(run.metrics.test.per_class)} classes"
+    probs = run.predictions[columns].to_numpy(dtype=float)
+    if not np.isfinite(probs).all():
+        return "predictions.csv has empty or non-finite probabilities"
+    sums = probs.sum(1)
+    if np.abs(sums - 1).max() > 1e-3:
+        return f"predictions.csv probabilities do not sum to 1 (one row sums to {sums[np.abs(sums - 1).argmax()]:.4g})"
+    if (probs.argmax(1) != run.predictions["pred"].to_numpy()).any():
+        return "predictions.csv: the predicted class is not the most probable one in some rows"
+    return None

@@ -44,8 +44,13 @@ def results_table(study: StudyRuns, baseline: str | None) -> Table:
 def check_same_test_set(a: Run, b: Run) -> str | None:
     """Why the two runs' test sets differ, or None when they are the same images in the same order."""
     da, db = (a.config or {}).get("data", {}), (b.config or {}).get("data", {})
-    keys = ["source", "path", "limit_test"] + (["split_seed"] if da.get("limit_test") or db.get("limit_test") else [])
+    fa, fb = a.fingerprints.get("data"), b.fingerprints.get("data")
+    # the images' fingerprints say more than their paths (a moved copy, or other images at one path)
+    keys = ["source", "limit_test"] + (["split_seed"] if da.get("limit_test") or db.get("limit_test") else [])
+    keys += [] if fa and fb else ["path"]
     diffs = [f"data.{k} {da.get(k)!r} vs {db.get(k)!r}" for k in keys if da.get(k) != db.get(k)]
+    if fa and fb and fa != fb:
+        diffs.append(f"data fingerprint {fa} vs {fb}")
     if diffs:
         return ", ".join(diffs)
     la, lb = a.predictions["label"].to_numpy(), b.predictions["label"].to_numpy()
