@@ -105,19 +105,18 @@ def run_speed(variants: list[Variant], device: torch.device, progress=None) -> p
     """The speed table, one row per variant; caches go to a temporary folder and are discarded."""
     datasets: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [speed_of(v, datasets, Path(tmp), device, progress) for v in variants]
+        rows = [speed_of(v, datasets, Path(tmp) / str(i), device, progress) for i, v in enumerate(variants)]
     table = pd.DataFrame(rows)
     table.insert(0, "device", device_name(device))
     return table
 
 
-def speed_of(v: Variant, datasets: dict, tmp: Path, device: torch.device, progress=None) -> dict:
-    """One row of the speed table."""
+def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, progress=None) -> dict:
+    """One row of the speed table; `cache` is an empty folder (a cold feature cache for the first timing)."""
     cfg = v.config
     if cfg.data not in datasets:
         datasets[cfg.data] = data_mod.load(cfg.data)  # decoded once, outside the timings
     ds = datasets[cfg.data]
-    cache = tmp / v.run_id  # a cold feature cache for the first timing
     out, seconds = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache, progress=progress), device)
     h = pd.DataFrame(out.history)
     train_s = len(ds.train) / h.train_images_per_sec

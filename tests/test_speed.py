@@ -2,12 +2,13 @@ import pandas as pd
 import torch
 
 from bench.speed import check_targets, run_speed
-from tests.helpers import TINY, variants_of
+from bench.study import load_study_file
+from tests.helpers import TINY
 
 
 def test_speed_table_has_every_figure_for_frozen_and_trainable_variants(write_study):
     path = write_study({"study": "speed", "defaults": TINY, "ablate": {"model.freeze": ["stem-layer3"]}})
-    table = run_speed(variants_of(path), torch.device("cpu"))
+    table = run_speed(load_study_file(path).variants, torch.device("cpu"))  # as `bench speed` passes them
     frozen, tuned = table.iloc[0], table.iloc[1]
     assert (frozen.feature_cache, tuned.feature_cache) == ("computed", "off")
     for col in ("wall_s", "cached_again_s", "uncached_s", "forward_pass_s", "train_img_s", "eval_img_s", "peak_rss_mb"):
@@ -27,3 +28,13 @@ def test_targets_are_judged_on_the_measured_ratios():
     )
     assert [ok for _, _, ok in check_targets(table)] == [True, False, True, True, False]
     assert check_targets(table)[1][1] == "1.3"  # the measured value is reported beside the verdict
+
+
+def test_bench_speed_writes_its_table(write_study, tmp_path):
+    from bench.cli import main
+
+    path = write_study({"study": "speed", "defaults": {**TINY, "train": {**TINY["train"], "epochs": 1}}})
+    assert main(["speed", str(path), "--out", str(tmp_path / "speed")]) == 0
+    table = pd.read_csv(tmp_path / "speed" / "speed.csv")
+    assert list(table.variant) == ["baseline"] and table.uncached_over_cached.iloc[0] > 0
+    assert "| target | measured | met |" in (tmp_path / "speed" / "speed.md").read_text()
