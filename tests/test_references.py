@@ -12,8 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 / arXiv:1512.03385v1,
 # transcribed here independently of the data file. Error rates in percent.
-TABLE_3 = {"ResNet-50": (22.85, 6.71), "ResNet-101": (21.75, 6.05), "ResNet-152": (21.43, 5.71)}
-TABLE_4 = {"ResNet-50": (20.74, 5.25), "ResNet-101": (19.87, 4.60), "ResNet-152": (19.38, 4.49)}
+TABLE_2 = {"ResNet-18": 27.88, "ResNet-34": 25.03}  # top-1 only; option A (identity) shortcuts
+TABLE_3 = {
+    "ResNet-34 B": (24.52, 7.46),
+    "ResNet-50": (22.85, 6.71),
+    "ResNet-101": (21.75, 6.05),
+    "ResNet-152": (21.43, 5.71),
+}
+TABLE_4 = {
+    "ResNet-34 B": (21.84, 5.71),
+    "ResNet-50": (20.74, 5.25),
+    "ResNet-101": (19.87, 4.60),
+    "ResNet-152": (19.38, 4.49),
+}
 TABLE_6 = {
     "ResNet-20": (20, 0.27, 8.75),
     "ResNet-32": (32, 0.46, 7.51),
@@ -23,9 +34,9 @@ TABLE_6 = {
     "ResNet-1202": (1202, 19.4, 7.93),
 }
 # Proceedings pages, as read (2026-11-26) in a page-split copy of the CVPR Open Access PDF (see the
-# data file's header): Tables 3-5 on the sixth page (775), Table 6 on the seventh (776, not 777).
+# data file's header): Table 2 on the fifth page (774), Tables 3-5 on the sixth (775), Table 6 on the seventh (776, not 777).
 # Page 778 holds only the references.
-CVPR_PAGES = {3: 775, 4: 775, 6: 776}
+CVPR_PAGES = {2: 774, 3: 775, 4: 775, 6: 776}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +49,7 @@ def rows(refs, table):
 
 
 def test_imagenet_tables_match_the_paper(refs):
+    assert {m: r["top1_error"] for m, r in rows(refs, "imagenet_depth").items()} == TABLE_2
     for name, transcribed, number in (("imagenet_10crop", TABLE_3, 3), ("imagenet_single_model", TABLE_4, 4)):
         t = refs["he2016"]["tables"][name]
         assert t["table"] == number

@@ -298,3 +298,26 @@ def test_runs_on_other_images_are_labelled_and_never_paired(tmp_path):
     assert "new-images [other data: cifar10:other]" in rows and "baseline" in rows
     (row,) = tables.effects_table(study, "baseline").rows
     assert row[2] == "different test images"  # never compared as if on the same images
+
+
+def test_the_depth_axis_gets_its_table_and_figure(tmp_path):
+    root = tmp_path / "results"
+    variants = []
+    for name, arch, p in (("baseline", "resnet50", 0.7), ("arch=resnet18", "resnet18", 0.6)):
+        for seed in range(2):
+            write_run(root, f"{arch}-{seed}", name, seed, p)
+            m = json.loads((root / "runs" / f"{arch}-{seed}" / "config.json").read_text())
+            m["config"]["model"]["arch"] = arch
+            (root / "runs" / f"{arch}-{seed}" / "config.json").write_text(json.dumps(m))
+            variants.append((name, seed, f"{arch}-{seed}", {}))
+    write_manifest(root, "depth", variants)
+    table = references.depth_table(load_runs(root, "depth"), "baseline")
+    rows = {r[1]: dict(zip(table.columns, r)) for r in table.rows}
+    assert rows["resnet18"]["He et al. top-1 error (%)"].startswith("27.88 (ResNet-18, Table 2, p. 774)")
+    assert rows["resnet50"]["He et al. top-1 error (%)"].startswith("22.85 (ResNet-50, Table 3, p. 775)")
+    assert rows["resnet50"]["weights' top-1 (%)"] == "76.13"  # torchvision's documented IMAGENET1K_V1 accuracy
+    out = tmp_path / "reports"
+    assert main(["report", "--results", str(root), "--out", str(out), "--format", "md"]) == 0
+    page = (out / "depth" / "report.md").read_text()
+    assert "## Depth against transfer" in page and "figures/depth.png" in page
+    assert (out / "depth" / "figures" / "depth.png").read_bytes()[:4] == b"\x89PNG"

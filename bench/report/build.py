@@ -15,9 +15,9 @@ from pathlib import Path
 from bench import stats
 from bench.files import atomic_write
 from bench.report.describe import best_variant, status
-from bench.report.figures import EXTENSIONS, make_figures
+from bench.report.figures import EXTENSIONS, depth_figure, make_figures
 from bench.report.pages import page_latex, page_markdown
-from bench.report.references import references_table
+from bench.report.references import depth_rows, depth_table, references_table
 from bench.report.runs import ReportError, StudyRuns, load_runs
 from bench.report.tables import effects_table, paired, per_class_table, results_table
 from bench.store import Store
@@ -74,7 +74,11 @@ def write_report(
     if variant:
         tables.append(per_class_table(study, variant))
     tables.append(references_table(study))
+    if depth := depth_table(study, baseline):
+        tables.append(depth)
     captions = make_figures(study, variant, out / "figures", formats) if variant else {}
+    if depth:
+        captions["depth"] = depth_figure(depth_rows(study, baseline), out / "figures" / "depth", formats)
     if not variant:
         warnings.append(f"study {study.name}: no finished run yet; only the status table is reported")
 

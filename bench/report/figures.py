@@ -191,3 +191,34 @@ def accuracy_vs_time(points: pd.DataFrame, stem: Path, formats: set[str]) -> lis
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save(fig, stem, formats)
+
+
+def depth_figure(rows: list[dict], stem: Path, formats: set[str]) -> str:
+    """CIFAR-10 transfer accuracy against the paper's ImageNet top-1 error, one point per depth; returns the caption."""
+    fig = new_figure(7, 5)
+    ax = fig.add_subplot()
+    for r in (r for r in rows if r["paper_top1_error"] is not None):
+        acc = np.asarray(r["acc"])
+        ax.errorbar(
+            r["paper_top1_error"],
+            acc.mean(),
+            yerr=acc.std(ddof=1) if len(acc) > 1 else 0,
+            fmt="o",
+            capsize=3,
+            color="C0",
+        )
+        ax.annotate(
+            plain(r["arch"]), (r["paper_top1_error"], acc.mean()), xytext=(4, 3), textcoords="offset points", fontsize=8
+        )
+    ax.invert_xaxis()  # better ImageNet models to the right
+    ax.set(
+        xlabel="He et al. (2016) ImageNet top-1 error, 10-crop (%)",
+        ylabel="CIFAR-10 test accuracy (%)",
+        title="deeper ImageNet models against CIFAR-10 transfer (mean ± std over seeds)",
+    )
+    ax.grid(alpha=0.3)
+    save(fig, stem, formats)
+    return (
+        "CIFAR-10 test accuracy of each depth (mean ± std over seeds) against the ImageNet top-1 error He et "
+        "al. (2016) report for it (Tables 2 and 3); better ImageNet models to the right."
+    )

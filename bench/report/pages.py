@@ -67,11 +67,13 @@ SECTIONS = {
     "effects": "Ablation effects",
     "per_class": "Per class",
     "references": "Against the paper and the lab report",
+    "depth": "Depth against transfer",
 }
 FIGURE_TITLES = {
     "confusion": "Confusion matrix",
     "learning_curves": "Learning curves",
     "accuracy_vs_time": "Accuracy against training time",
+    "depth": "Depth against transfer",
 }
 
 
@@ -92,7 +94,7 @@ def page_markdown(
         lines += [f"_{md(n)}_" + "\n" for n in t.notes]
         if t.name == "per_class" and "confusion" in captions:
             lines += ["![confusion matrix](figures/confusion.png)", "", md(captions["confusion"]), ""]
-    for name in ("learning_curves", "accuracy_vs_time"):
+    for name in ("learning_curves", "accuracy_vs_time", "depth"):
         if name in captions:
             lines += [
                 f"## {FIGURE_TITLES[name]}",

@@ -25,7 +25,8 @@ def references_table(study: StudyRuns) -> Table:
                         "",
                         "",
                         "",
-                        f"{r['top1_error']:.2f} top-1 / {r['top5_error']:.2f} top-5",
+                        f"{r['top1_error']:.2f} top-1"
+                        + (f" / {r['top5_error']:.2f} top-5" if "top5_error" in r else ""),
                         where,
                     ]
                 )
@@ -103,4 +104,94 @@ def references_table(study: StudyRuns) -> Table:
         notes=notes,
         align="llllrrrrl",
         wrap={1: "3.6cm", 2: "3.6cm", 3: "2.6cm", 6: "2.2cm", 7: "2.2cm", 8: "2cm"},
+    )
+
+
+# torchvision arch -> the paper's row for it, 10-crop top-1 error: Table 2 (option A shortcuts) for
+# the 18/34-layer nets, Table 3 (option B, as torchvision builds them) for 34 and deeper.
+PAPER_ROWS = {
+    "resnet18": ("imagenet_depth", "ResNet-18"),
+    "resnet34": ("imagenet_10crop", "ResNet-34 B"),
+    "resnet50": ("imagenet_10crop", "ResNet-50"),
+    "resnet101": ("imagenet_10crop", "ResNet-101"),
+    "resnet152": ("imagenet_10crop", "ResNet-152"),
+}
+
+
+def documented_top1(arch: str, weights: str) -> float | None:
+    """The ImageNet top-1 accuracy (%) torchvision documents for these weights (their enum's meta)."""
+    if not weights.startswith("torchvision:") or arch.startswith("timm:"):
+        return None
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)[weights.partition(":")[2]]
+        return float(enum.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+    except (KeyError, ValueError):
+        return None
+
+
+def depth_rows(study: StudyRuns, baseline: str | None) -> list[dict]:
+    """The variants that differ from the baseline in model.arch alone (and the baseline): one row each."""
+    base = study.config(baseline) if baseline else None
+    rows = []
+    for v in study.variants:
+        cfg, runs = study.config(v), study.done(v)
+        if not (cfg and base and runs):
+            continue
+        same = {k: x for k, x in cfg.items() if k not in ("model", "seed")} == {
+            k: x for k, x in base.items() if k not in ("model", "seed")
+        }
+        model = {k: x for k, x in cfg["model"].items() if k not in ("arch", "weights")}
+        if not same or model != {k: x for k, x in base["model"].items() if k not in ("arch", "weights")}:
+            continue
+        arch, weights = cfg["model"].get("arch", "resnet50"), cfg["model"].get("weights", "")
+        table, name = PAPER_ROWS.get(arch, (None, None))
+        paper = (
+            next((r for r in references()["he2016"]["tables"][table]["rows"] if r["model"] == name), None)
+            if table
+            else None
+        )
+        acc = [100 * r.metrics.test.accuracy for r in runs]
+        rows.append(
+            {
+                "variant": v,
+                "arch": arch,
+                "weights": weights,
+                "paper_model": name,
+                "paper_table": table,
+                "paper_top1_error": paper["top1_error"] if paper else None,
+                "documented_top1": documented_top1(arch, weights),
+                "acc": acc,
+            }
+        )
+    return rows
+
+
+def depth_table(study: StudyRuns, baseline: str | None) -> Table | None:
+    """Each depth's ImageNet error (He et al.; the loaded weights' documented accuracy) beside this
+    study's CIFAR-10 transfer accuracy; None unless the study varies model.arch."""
+    rows = depth_rows(study, baseline)
+    if len({r["arch"] for r in rows}) < 2:
+        return None
+    tables = references()["he2016"]["tables"]
+    cells = []
+    for r in rows:
+        t = tables[r["paper_table"]] if r["paper_table"] else None
+        paper = f"{r['paper_top1_error']:.2f} ({r['paper_model']}, Table {t['table']}, p. {t['page']})" if t else "—"
+        documented = (
+            f"{r['documented_top1']:.2f}"
+            if r["documented_top1"] is not None
+            else ("random init" if r["weights"] == "none" else "not documented")
+        )
+        cells.append([label(study, r["variant"]), r["arch"], paper, documented, fmt_mean_std(r["acc"], 2)])
+    return Table(
+        "depth",
+        "Depth against transfer: the paper's ImageNet top-1 error (10-crop) for each depth, the "
+        "ImageNet top-1 accuracy torchvision documents for the weights this study loaded, and this study's "
+        "CIFAR-10 test accuracy (mean ± std over seeds). " + references()["he2016"]["citation"],
+        ["variant", "arch", "He et al. top-1 error (%)", "weights' top-1 (%)", "CIFAR-10 test acc (%)"],
+        cells,
+        align="llrrr",
+        wrap={0: "3cm", 2: "4cm"},
     )
