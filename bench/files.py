@@ -102,6 +102,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
 
 
+def cache_parts() -> dict[str, tuple[int, int]]:
+    """{part of the cache: (files, bytes)}: features, decoded, extracted, cifar10, and loose files."""
+    out = {}
+    root = cache_root()
+    for entry in sorted(root.glob("*")) if root.is_dir() else []:
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        out[entry.name] = (len(files), sum(p.stat().st_size for p in files))
+    return out
+
+
+def clear_cache(parts: list[str]) -> int:
+    """Remove these parts of the cache (names from `cache_parts`); returns the bytes freed."""
+    freed = 0
+    for name, (_, size) in cache_parts().items():
+        if name in parts:
+            path = cache_root() / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            freed += size
+    return freed
+
+
 @contextlib.contextmanager
 def try_lock(path: Path, wait: bool = False) -> Iterator[bool]:
     """Yield True while this process holds the lock file `path`, False if another holder has it

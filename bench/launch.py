@@ -44,7 +44,14 @@ class InProcess:
             done(
                 v,
                 execute(
-                    study.name, v, store, self.device, inputs, feature_cache=self.feature_cache, progress=hooks.progress
+                    study.name,
+                    v,
+                    store,
+                    self.device,
+                    inputs,
+                    feature_cache=self.feature_cache,
+                    progress=hooks.progress,
+                    epoch_ended=hooks.epoch_ended,
                 ),
             )
 

@@ -48,6 +48,8 @@ class Hooks:
     run_started: Callable[[Variant], None] = lambda v: None
     run_ended: Callable[[RunResult], None] = lambda r: None
     waiting: Callable[[Variant], None] = lambda v: None  # another process holds this run: waiting for it
+    planned: Callable[[list[Variant]], None] = lambda todo: None  # the runs this call will train
+    epoch_ended: Callable[[Variant, dict], None] = lambda v, row: None  # a run's history row, as it is written
 
 
 class Inputs:
@@ -125,6 +127,7 @@ def drive(
     inputs.preflight(todo)
     if command is not None:
         store.record_study(study, variants, command)
+    hooks.planned(todo)
     finished: dict[int, RunResult] = {}
 
     def done(v: Variant, result: RunResult) -> None:
@@ -174,6 +177,7 @@ def execute(
     *,
     feature_cache: bool = True,
     progress=None,
+    epoch_ended: Callable[[Variant, dict], None] | None = None,
 ) -> RunResult:
     """Train and record one run under its lock; failures are recorded, not raised (but Ctrl-C is)."""
     with store.claim(v.run_id) as mine:
@@ -182,7 +186,7 @@ def execute(
         if store.state(v) == "done":  # finished by another process while we waited our turn
             return RunResult(v, "skipped")
         try:
-            return _train_and_record(study, v, store, device, inputs, feature_cache, progress)
+            return _train_and_record(study, v, store, device, inputs, feature_cache, progress, epoch_ended)
         except Diverged as e:
             store.fail(v.run_id, "diverged", str(e), epoch=e.epoch, step=e.step)
             return RunResult(v, "failed", error=str(e))
@@ -211,12 +215,31 @@ def execute(
 
 
 def _train_and_record(
-    study: str, v: Variant, store: Store, device: torch.device, inputs: Inputs, feature_cache: bool, progress
+    study: str,
+    v: Variant,
+    store: Store,
+    device: torch.device,
+    inputs: Inputs,
+    feature_cache: bool,
+    progress,
+    epoch_ended,
 ) -> RunResult:
     store.start(v, study)  # an existing checkpoint.pt is kept: fit() resumes from it
     dataset = inputs.dataset(v.config.data)
+
+    def on_epoch(history: list[dict]) -> None:  # history.csv grows as the run trains: it can be followed
+        store.write_history(v.run_id, history)
+        if epoch_ended:
+            epoch_ended(v, history[-1])
+
     outcome = fit(
-        v.config, dataset, device, checkpoint=store.checkpoint(v.run_id), feature_cache=feature_cache, progress=progress
+        v.config,
+        dataset,
+        device,
+        checkpoint=store.checkpoint(v.run_id),
+        feature_cache=feature_cache,
+        progress=progress,
+        on_epoch=on_epoch,
     )
     probs = torch.softmax(torch.from_numpy(outcome.test_logits), 1).numpy()
     preds = probs.argmax(1)

@@ -105,9 +105,12 @@ class Store:
         write_json(d / record.CONFIG, header.model_dump(mode="json"))
         self._status(variant.run_id, RunStatus(state="running", started=now(), pid=os.getpid()))
 
+    def write_history(self, run_id: str, history: list[dict]) -> None:
+        atomic_write(self.run_dir(run_id) / record.HISTORY, pd.DataFrame(history).to_csv(index=False))
+
     def finish(self, run_id: str, history: list[dict], metrics: RunMetrics, predictions: pd.DataFrame) -> None:
         d = self.run_dir(run_id)
-        atomic_write(d / record.HISTORY, pd.DataFrame(history).to_csv(index=False))
+        self.write_history(run_id, history)
         atomic_write(d / record.PREDICTIONS, predictions.to_csv(index=False, float_format="%.6g"))
         write_json(d / record.METRICS, metrics.dump())
         self._status(run_id, RunStatus(state="done", finished=now()))

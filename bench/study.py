@@ -32,6 +32,13 @@ class VariantSpec(Strict):
     seeds: list[int] | None = Field(None, min_length=1)  # instead of the study's seeds (costly variants)
 
 
+class TrackersConfig(Strict):
+    """Where finished runs are also logged (bench.trackers); the command line's --mlflow/--tensorboard win."""
+
+    mlflow: str | None = None  # a tracking URI, e.g. sqlite:///mlflow.db
+    tensorboard: str | None = None  # a folder for event files, relative to the study file
+
+
 class StudyFile(Strict):
     study: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
     description: str = ""
@@ -41,6 +48,7 @@ class StudyFile(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     variants: list[VariantSpec] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    trackers: TrackersConfig = TrackersConfig()
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Study:
     description: str
     variants: list[Variant]
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every variant (`--set`)
+    trackers: TrackersConfig = TrackersConfig()
 
     def label(self, v: Variant) -> str:
         """The variant's name in the results, with the settings changed for this invocation:
@@ -218,7 +227,11 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None, g
     if problems:
         raise ConfigError(path, sorted(set(problems), key=problems.index))
 
-    return Study(spec.study, path, spec.description, variants, overrides)
+    board = spec.trackers.tensorboard
+    if board and not Path(board).expanduser().is_absolute():
+        board = str((path.resolve().parent / board).resolve())
+    trackers = spec.trackers.model_copy(update={"tensorboard": board})
+    return Study(spec.study, path, spec.description, variants, overrides, trackers)
 
 
 def select(study: Study, patterns: list[str] | None) -> list[Variant]:

@@ -10,6 +10,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,12 @@ def fit(
     feature_cache: bool = True,
     cache_dir: Path | None = None,
     progress=None,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> Outcome:
     """Train one run and evaluate the test set once, with the weights chosen on validation.
 
-    `cache_dir` holds the frozen-backbone features (default: bench's cache folder)."""
+    `cache_dir` holds the frozen-backbone features (default: bench's cache folder); `on_epoch`
+    hears the history after every epoch (the store writes it, the CLI logs it)."""
     seed_everything(cfg.seed)
     tc = cfg.train
     dtype = autocast_dtype(tc, device)
@@ -178,7 +181,8 @@ def fit(
             if advance:
                 advance(len(y))
         train_seconds = time.perf_counter() - t0
-        val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype)
+        advance = progress(f"epoch {epoch}/{tc.epochs} validation", len(labels["val"])) if progress else None
+        val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
         # the same loss as in training (label smoothing included), so the two curves are comparable
         val_loss = F.cross_entropy(val_logits, labels["val"], label_smoothing=tc.label_smoothing).item()
         val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
@@ -209,11 +213,14 @@ def fit(
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 },
             )
+        if on_epoch:
+            on_epoch(history)
         if epoch_bar:
             epoch_bar(1)
 
     net.load_state_dict(best["state"])
-    test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype)
+    advance = progress(f"test (epoch {best['epoch']}'s weights)", len(labels["test"])) if progress else None
+    test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype, advance)
     return Outcome(
         history,
         test_logits.cpu().numpy(),

@@ -34,7 +34,8 @@ TABLE_6 = {
     "ResNet-1202": (1202, 19.4, 7.93),
 }
 # Proceedings pages, as read (2026-11-26) in a page-split copy of the CVPR Open Access PDF (see the
-# data file's header): Table 2 on the fifth page (774), Tables 3-5 on the sixth (775), Table 6 on the seventh (776, not 777).
+# data file's header): Table 2 on the fifth page (774), Tables 3-5 on the sixth (775), Table 6 on the
+# seventh (776, not 777).
 # Page 778 holds only the references.
 CVPR_PAGES = {2: 774, 3: 775, 4: 775, 6: 776}
 

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench.cli import commands, console
+from bench.cli import commands, console, tools
 from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, UsageError
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.launch import LaunchError
     from bench.models import WeightsError
     from bench.report import ReportError
+    from bench.trackers import TrackerError
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     console.doing("starting", "nothing was changed")
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         console.error(f"{e}\n  on the command line: --data-dir DIR sets data.path for every variant")
         return EXIT_BAD_INPUT
-    except (ConfigError, UsageError, WeightsError, ReportError, LaunchError, NotWritable) as e:
+    except (ConfigError, UsageError, WeightsError, ReportError, LaunchError, NotWritable, TrackerError) as e:
         console.error(str(e))
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # `bench list ... | head`: the reader has gone; so do we, quietly
@@ -46,11 +47,13 @@ def _raise_interrupt(signum, frame):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="ResNet-50 -> CIFAR-10 transfer-learning ablations")
+    p = argparse.ArgumentParser(prog="bench", description="ImageNet backbones -> CIFAR-10 transfer-learning ablations")
+    p.add_argument("--version", action=VersionAction, nargs=0, help="bench's version and its libraries', then exit")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, help: str, func, *groups) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        example = EXAMPLES.get(name, "")
+        sp = sub.add_parser(name, help=help, description=help, epilog=f"example: {example}" if example else None)
         for add in groups:
             add(sp)
         sp.set_defaults(func=func)
@@ -95,6 +98,18 @@ def parser() -> argparse.ArgumentParser:
 
     sp = command("run", "train and evaluate every variant not done yet", commands.cmd_run, study_file_args, device_arg)
     sp.add_argument("--retry-failed", action="store_true", help="also re-run variants that failed before")
+    sp.add_argument("--dry-run", action="store_true", help="show what would train and what would not; train nothing")
+    sp.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log each finished run to MLflow, e.g. sqlite:///mlflow.db "
+        "(pip install -e '.[trackers]'; default: the study file's trackers.mlflow)",
+    )
+    sp.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard event files per finished run (default: the study file's trackers.tensorboard)",
+    )
     sp.add_argument(
         "--rerun-stale",
         action="store_true",
@@ -155,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
         study_arg,
     )
     sp.add_argument("--out", type=Path, default=Path("reports"), help="where reports go (default: ./reports)")
+    sp.add_argument("--mlflow", metavar="URI", help="also log the report files to MLflow as a run's artifacts")
     sp.add_argument("--format", default="md,tex", metavar="md,tex", help="md, tex or md,tex (default: both)")
     sp.add_argument(
         "--baseline",
@@ -185,4 +201,54 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("a", metavar="VARIANT_A")
     sp.add_argument("b", metavar="VARIANT_B")
     sp.add_argument("--study", metavar="NAME", help="study holding both (default: the one that does)")
+
+    sp = command(
+        "show",
+        "a variant's resolved configuration, run id, fingerprints, state and files",
+        tools.cmd_show,
+        study_file_args,
+    )
+    sp.add_argument("variant", metavar="VARIANT", help="variant name, as `bench list` shows it")
+    sp.add_argument("--seed", type=int, help="one seed (default: every seed of the variant)")
+
+    sp = command(
+        "export",
+        "every run of every study as one tidy table (CSV, or Parquet with the export extra)",
+        tools.cmd_export,
+        results_arg,
+        study_arg,
+    )
+    sp.add_argument("--out", type=Path, default=Path("runs.csv"), help="runs.csv (default) or runs.parquet")
+
+    sp = command(
+        "cache", "what bench has cached (decoded images, features, fingerprints), with sizes; clear it", tools.cmd_cache
+    )
+    sp.add_argument("action", choices=["list", "clear"], nargs="?", default="list")
+    sp.add_argument("parts", nargs="*", metavar="PART", help="clear: features, decoded, extracted, ... or all")
     return p
+
+
+EXAMPLES = {
+    "list": "bench list ablations.yaml --only 'freeze=*' --format names",
+    "run": "bench run ablations.yaml --only 'schedule=*' --set train.epochs=1 --mlflow sqlite:///mlflow.db",
+    "speed": "bench speed studies/speed-cpu.yaml --out reports/speed",
+    "report": "bench report --study resnet50-cifar10 --format md,tex --baseline baseline",
+    "verify": "bench verify --results results",
+    "compare": "bench compare schedule=cosine baseline --study resnet50-cifar10",
+    "show": "bench show ablations.yaml freeze=none --seed 0",
+    "export": "bench export --out runs.csv  # then: pd.read_csv('runs.csv')",
+    "cache": "bench cache clear features",
+}
+
+
+class VersionAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())  # as is: argparse's own version action would re-wrap it
+        parser.exit()
+
+
+def version() -> str:
+    from bench.identity import code_versions
+
+    v = code_versions()
+    return f"bench {v['bench']} (torch {v['torch']}, torchvision {v['torchvision']}, timm {v['timm']})"

@@ -62,11 +62,25 @@ def list_status(store, study, v, missing: dict[str, str]) -> str:
     return state or "pending"
 
 
+def differs(v) -> str:
+    from bench.util import fmt_value
+
+    return ", ".join(f"{k}={fmt_value(val)}" for k, val in v.overrides.items()) or "(defaults)"
+
+
+def pace(store, variants) -> tuple[float, int] | None:
+    """TFLOP per second of wall time over the variants' finished runs, and how many there are."""
+    from bench.cost import estimate_tflops
+
+    done = [v for v in variants if store.state(v) == "done"]
+    seconds = sum(store.read_metrics(v.run_id).train_seconds for v in done)
+    return (sum(estimate_tflops(v.config) for v in done) / seconds, len(done)) if done and seconds > 0 else None
+
+
 def cmd_list(args) -> int:
     from bench.cost import estimate_tflops
     from bench.identity import resolve
     from bench.store import Store
-    from bench.util import fmt_value
 
     study, variants = load(args)
     variants, missing = resolve(variants, strict=False)
@@ -77,13 +91,13 @@ def cmd_list(args) -> int:
             "seed": v.seed,
             "tflop": estimate_tflops(v.config),
             "run_id": "—" if v.fingerprints is None else v.run_id,
-            "differs": ", ".join(f"{k}={fmt_value(val)}" for k, val in v.overrides.items()) or "(defaults)",
+            "differs": differs(v),
             "status": list_status(store, study, v, missing),
         }
         for v in variants
     ]
     title = f"{study.name}: {len(variants)} runs ({args.study})"
-    console.study_listing(title, rows, sum(r["tflop"] for r in rows), args.format)
+    console.study_listing(title, rows, args.format, pace(store, [v for v in variants if v.fingerprints]))
     for why in dict.fromkeys(missing.values()):
         console.warning(f"{why}; until then run ids and states cannot be checked (`bench run` says how to get it)")
     return EXIT_OK
@@ -102,11 +116,11 @@ def executor(args, device):
 
 
 def cmd_run(args) -> int:
-    from rich.markup import escape
-
+    from bench.cost import estimate_tflops
     from bench.files import cache_root, check_writable
-    from bench.runner import Hooks, drive
+    from bench.runner import drive
     from bench.store import Store
+    from bench.trackers import trackers
 
     study, variants = load(args)
     device = pick_device(args.device)
@@ -116,37 +130,21 @@ def cmd_run(args) -> int:
     how = executor(args, device)
     console.doing("checking the data and weights", "nothing was trained; run the same command again")
 
+    if args.dry_run:
+        return dry_run(study, variants, store, args.retry_failed)
+    logs = trackers(study.name, args.mlflow or study.trackers.mlflow, args.tensorboard or study.trackers.tensorboard)
     with console.progress() as progress:
-        grid = progress.add_task(f"[bold]{escape(study.name)}[/]", total=len(variants))
-        bars = console.RunBars(progress)
+        display = console.RunDisplay(progress, study.name, store.run_dir, estimate_tflops)
+        hooks = display.hooks()
+        shown = hooks.run_ended
 
-        def started(v):
-            console.doing(
-                f"training {v.name} (seed {v.seed})",
-                "finished runs are kept; the cut-off run resumes from its last finished epoch on the next `bench run`",
-            )
-            bars.clear()
-            console.err.print(
-                f"[bold]>[/] {escape(v.name)} (seed {v.seed}) -> {store.run_dir(v.run_id)}", highlight=False
-            )
+        def ended(r):  # a finished run is copied to the trackers from its record, off the training path
+            shown(r)
+            if r.state == "done":
+                for t in logs:
+                    t.log_run(store, study.label(r.variant), r.variant.seed, r.variant.run_id)
 
-        def ended(r):
-            progress.advance(grid)
-            if r.state == "failed":
-                console.err.print(
-                    f"[red]  failed:[/] {escape(r.error.splitlines()[0])}", highlight=False, soft_wrap=True
-                )
-            elif r.state == "done":
-                console.err.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
-
-        def waiting(v):
-            console.err.print(
-                f"[yellow]  waiting:[/] another bench process is training {escape(v.name)} "
-                f"(seed {v.seed}); taking what it leaves when it lets go",
-                highlight=False,
-            )
-
-        hooks = Hooks(progress=bars, run_started=started, run_ended=ended, waiting=waiting)
+        hooks.run_ended = ended
         results = drive(
             study,
             variants,
@@ -157,10 +155,35 @@ def cmd_run(args) -> int:
             rerun_stale=args.rerun_stale,
             command=command_line(),
         )
-        progress.update(grid, completed=len(variants))
-        bars.clear()
+        display.close()
     console.run_summary(results)
     return EXIT_FAILED_RUNS if any(r.state in ("failed", "busy") for r in results) else EXIT_OK
+
+
+def dry_run(study, variants, store, retry_failed: bool) -> int:
+    """`bench run --dry-run`: what would train and what would not, without decoding or training anything."""
+    from bench.cost import estimate_tflops
+    from bench.identity import resolve
+    from bench.runner import pending
+
+    variants, missing = resolve(variants, strict=False)
+    todo = {id(v) for v in pending(store, [v for v in variants if v.fingerprints], retry_failed)}
+    rows = [
+        {
+            "variant": v.name,
+            "seed": v.seed,
+            "tflop": estimate_tflops(v.config),
+            "run_id": v.run_id if v.fingerprints else "—",
+            "differs": differs(v),
+            "status": ("trains: " if id(v) in todo else "skips: ") + list_status(store, study, v, missing),
+        }
+        for v in variants
+    ]
+    title = f"{study.name}: {len(todo)} of {len(variants)} runs would train (dry run)"
+    console.study_listing(title, rows, "table", pace(store, [v for v in variants if v.fingerprints]))
+    for why in dict.fromkeys(missing.values()):
+        console.warning(f"{why}: `bench run` stops on it before training anything")
+    return EXIT_OK
 
 
 def cmd_speed(args) -> int:
@@ -201,6 +224,13 @@ def cmd_report(args) -> int:
             console.warning(w)
         for page in (p for p in r.files if p.name.startswith("report.")):
             console.err.print(f"{r.study}: {page}", highlight=False, soft_wrap=True)
+        if args.mlflow and r.files:
+            from bench.trackers import MLflow
+
+            MLflow(args.mlflow, r.study).log_report(r.files, r.study)
+            console.err.print(
+                f"{r.study}: {len(r.files)} report files logged to MLflow ({args.mlflow})", highlight=False
+            )
     return EXIT_OK
 
 

@@ -56,6 +56,67 @@ class RunBars:
         self.tasks = []
 
 
+class RunDisplay:
+    """What `bench run` shows: a grid bar weighted by each run's expected compute (so cached runs do
+    not skew the ETA), the bars of the run in progress, and a line per run and per epoch (the epoch
+    lines only when the output is not a terminal, e.g. a Slurm log, where the bars do not show)."""
+
+    def __init__(self, progress: Progress, title: str, run_dir, cost):
+        self.progress, self.run_dir, self.cost = progress, run_dir, cost
+        self.bars = RunBars(progress)
+        self.grid = progress.add_task(f"[bold]{escape(title)}[/]", total=None)
+
+    def hooks(self):
+        from bench.runner import Hooks
+
+        return Hooks(
+            progress=self.bars,
+            run_started=self.started,
+            run_ended=self.ended,
+            waiting=self.waiting,
+            planned=self.planned,
+            epoch_ended=self.epoch_ended,
+        )
+
+    def planned(self, todo) -> None:
+        self.progress.update(self.grid, total=max(1e-9, sum(self.cost(v.config) for v in todo)), completed=0)
+
+    def started(self, v) -> None:
+        doing(
+            f"training {v.name} (seed {v.seed})",
+            "finished runs are kept; the cut-off run resumes from its last finished epoch on the next `bench run`",
+        )
+        self.bars.clear()
+        err.print(f"[bold]>[/] {escape(v.name)} (seed {v.seed}) -> {self.run_dir(v.run_id)}", highlight=False)
+
+    def epoch_ended(self, v, row: dict) -> None:
+        if not err.is_terminal:
+            err.print(
+                f"  epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}, {row['seconds']:.0f}s",
+                highlight=False,
+            )
+
+    def ended(self, r) -> None:
+        self.progress.advance(self.grid, self.cost(r.variant.config))
+        if r.state == "failed":
+            err.print(f"[red]  failed:[/] {escape(r.error.splitlines()[0])}", highlight=False, soft_wrap=True)
+        elif r.state == "done":
+            err.print(f"  test accuracy {r.accuracy:.4f} in {r.seconds:.0f}s", highlight=False)
+
+    def waiting(self, v) -> None:
+        err.print(
+            f"[yellow]  waiting:[/] another bench process is training {escape(v.name)} (seed {v.seed}); "
+            "taking what it leaves when it lets go",
+            highlight=False,
+        )
+
+    def close(self) -> None:
+        task = self.progress.tasks[self.grid]
+        self.progress.update(self.grid, completed=task.total or 0)
+        self.bars.clear()
+
+
 def error(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # '[ray]' is text
 
@@ -91,8 +152,10 @@ def run_summary(results) -> None:
 LISTING_FORMATS = ("table", "csv", "json", "names")
 
 
-def study_listing(title: str, rows: list[dict], total_tflop: float, fmt: str = "table") -> None:
-    """`bench list`: a table for people (wraps to the terminal), csv/json for programs, names for a Slurm array."""
+def study_listing(title: str, rows: list[dict], fmt: str = "table", rate: tuple[float, int] | None = None) -> None:
+    """`bench list`: a table for people (at the terminal's width), one plain line per run when piped
+    (grep-able), csv/json with every field for programs, names for a Slurm array. `rate`: the
+    TFLOP/s of this store's finished runs and how many, to turn the pending compute into hours."""
     if fmt == "names":
         print("\n".join(dict.fromkeys(r["variant"] for r in rows)))
         return
@@ -100,34 +163,44 @@ def study_listing(title: str, rows: list[dict], total_tflop: float, fmt: str = "
         frame = pd.DataFrame(rows)
         print(frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1), end="")
         return
-    table = Table(title=escape(title))
-    for col, key in (
+    columns = (
         ("variant", "variant"),
         ("seed", "seed"),
         ("what differs", "differs"),
         ("~TFLOP", "tflop"),
         ("status", "status"),
         ("run id", "run_id"),
-    ):
-        table.add_column(
-            col,
-            justify="right" if key in ("seed", "tflop") else "left",
-            overflow="fold",
-            ratio=3 if key in ("variant", "differs", "status") else None,
-        )
-    for r in rows:
-        table.add_row(
-            escape(r["variant"]),
-            str(r["seed"]),
-            escape(r["differs"]),
-            f"{r['tflop']:,.0f}",
-            escape(r["status"]),
-            r["run_id"],
-        )
-    out.print(table)
-    out.print(
-        f"total ~{total_tflop:,.0f} TFLOP (a frozen backbone with no augmentation runs once: its features are cached)"
     )
+    if not out.is_terminal:
+        frame = pd.DataFrame([{c: r[k] for c, k in columns} for r in rows]).round({"~TFLOP": 0})
+        print(title + "\n" + frame.to_markdown(index=False, tablefmt="plain", floatfmt=",.0f"))
+    else:
+        table = Table(title=escape(title))
+        for col, key in columns:
+            table.add_column(
+                col,
+                justify="right" if key in ("seed", "tflop") else "left",
+                overflow="fold",
+                ratio=3 if key in ("variant", "differs", "status") else None,
+            )
+        for r in rows:
+            table.add_row(
+                escape(r["variant"]),
+                str(r["seed"]),
+                escape(r["differs"]),
+                f"{r['tflop']:,.0f}",
+                escape(r["status"]),
+                r["run_id"],
+            )
+        out.print(table)
+    total = sum(r["tflop"] for r in rows)
+    pending = sum(r["tflop"] for r in rows if r["status"].startswith(("pending", "stale", "running", "trains")))
+    line = f"total ~{total:,.0f} TFLOP, ~{pending:,.0f} still to run"
+    if rate:
+        hours = pending / rate[0] / 3600
+        line += f": about {hours:,.1f} h at the pace of this store's {rate[1]} finished runs ({rate[0]:.2g} TFLOP/s)"
+    note = " (a frozen backbone with no augmentation runs once: its features are cached)"
+    out.print(line + note, highlight=False, soft_wrap=not out.is_terminal)  # piped: one line
 
 
 def comparison(title: str, a: str, b: str, c) -> None:
