@@ -129,3 +129,41 @@ def test_cache_listing_clearing_and_version(write_study, tmp_path, capsys, monke
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("bench 0.2.0+")
+
+
+def test_every_command_has_help_with_an_example(capsys):
+    from bench.cli import EXAMPLES, parser
+
+    commands = parser()._subparsers._group_actions[0].choices
+    assert set(commands) == set(EXAMPLES)
+    for name in commands:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        said = " ".join(capsys.readouterr().out.split())
+        assert "example: " + " ".join(EXAMPLES[name].split()) in said, name
+
+
+def test_validation_test_and_features_have_progress():
+    import torch
+
+    from bench import data, train
+    from bench.config import RunConfig
+
+    shown = []
+
+    def progress(description, total):
+        shown.append((description, total))
+        return lambda n: None
+
+    cfg = RunConfig.model_validate(TINY)
+    train.fit(cfg, data.load(cfg.data), torch.device("cpu"), progress=progress, feature_cache=False)
+    names = [d for d, _ in shown]
+    assert "epoch 1/2 validation" in names and any(d.startswith("test") for d in names)
+    cached = []
+    train.fit(
+        cfg.model_copy(update={"seed": 5}),
+        data.load(cfg.data),
+        torch.device("cpu"),
+        progress=lambda d, t: cached.append(d) or (lambda n: None),
+    )
+    assert any("features" in d for d in cached)
