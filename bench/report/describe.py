@@ -76,12 +76,18 @@ def is_random_init(study: StudyRuns, variant: str) -> bool:
     return bool(cfg) and cfg.get("model", {}).get("weights") == "none"
 
 
+def reference_data(study: StudyRuns, prints: list[str]) -> str:
+    """The images the study is about: the baseline's, else those most runs used (ties: the first by name)."""
+    base = [r.fingerprints.get("data") for r in study.done("baseline") if r.fingerprints.get("data")]
+    return base[0] if base else min(set(prints), key=lambda p: (-prints.count(p), p))
+
+
 def label(study: StudyRuns, variant: str) -> str:
     """The variant's name, with what a reader must not miss: random weights, other images than the rest."""
     tags = ["random init"] if is_random_init(study, variant) else []
     prints = [r.fingerprints.get("data") for r in study.runs if r.state == "done" and r.fingerprints.get("data")]
     own = {r.fingerprints.get("data") for r in study.done(variant)} - {None}
-    if len(set(prints)) > 1 and own and own != {max(set(prints), key=prints.count)}:
+    if len(set(prints)) > 1 and own and own != {reference_data(study, prints)}:
         tags.append("other data: " + ", ".join(sorted(own)))
     return f"{variant} [{'; '.join(tags)}]" if tags else variant
 
