@@ -36,6 +36,7 @@ def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None) -> str:
         "input": cfg.input.model_dump(mode="json"),
         "data": data.fingerprint,
         "dtype": str(dtype),
+        "code": identity.code_versions(),  # a fix in bench, torch, torchvision or timm computes them anew
     }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
         what["seed"] = cfg.seed

@@ -8,6 +8,7 @@ and 32-bit images are scaled to 8 bits (never clipped); non-image files are igno
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tarfile
@@ -29,7 +30,7 @@ def read_folder(path: Path, content: str):
                 f"{root} has no {part}/ folder: data.source 'folder' needs "
                 f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
             )
-    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}.npz"
+    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}-{decoder_version()}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         arrays = (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
@@ -46,6 +47,15 @@ def read_folder(path: Path, content: str):
             lambda f: np.savez(f, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, classes=np.array(classes)),
         )
     return (*arrays, classes, f"image folder {path}")
+
+
+def decoder_version() -> str:
+    """What decodes the images: Pillow and bench's code (a fix to the decoding makes a new cache)."""
+    import PIL
+
+    from bench.identity import code_versions
+
+    return hashlib.sha256(f"{PIL.__version__}|{code_versions()['bench']}".encode()).hexdigest()[:8]
 
 
 def _extracted(path: Path, content: str) -> Path:
