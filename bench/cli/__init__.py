@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     def study_arg(sp):
         sp.add_argument("--study", metavar="NAME", help="one study (default: every study in the store)")
 
+    def out_arg(default: str, help: str):
+        return lambda sp: sp.add_argument("--out", type=Path, default=Path(default), help=help)
+
     def device_arg(sp):
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -159,8 +162,8 @@ def parser() -> argparse.ArgumentParser:
         commands.cmd_speed,
         study_file_args,
         device_arg,
+        out_arg("reports/speed", "folder for speed.csv and speed.md"),
     )
-    sp.add_argument("--out", type=Path, default=Path("reports/speed"), help="folder for speed.csv and speed.md")
 
     sp = command(
         "report",
@@ -217,8 +220,8 @@ def parser() -> argparse.ArgumentParser:
         tools.cmd_export,
         results_arg,
         study_arg,
+        out_arg("runs.csv", "runs.csv (default) or runs.parquet"),
     )
-    sp.add_argument("--out", type=Path, default=Path("runs.csv"), help="runs.csv (default) or runs.parquet")
 
     sp = command(
         "cache", "what bench has cached (decoded images, features, fingerprints), with sizes; clear it", tools.cmd_cache
