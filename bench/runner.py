@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from bench import data as data_mod
-from bench import identity
+from bench import identity, record
 from bench.device import device_name
 from bench.files import sweep_cache
 from bench.metrics import classification_metrics
@@ -198,8 +198,7 @@ def execute(
             raise  # status stays 'running' and the checkpoint stays: the next `bench run` resumes
         except OSError as e:
             if e.errno != errno.ENOSPC:
-                store.fail(v.run_id, type(e).__name__, f"{e}\n{traceback.format_exc()}")
-                return RunResult(v, "failed", error=f"{type(e).__name__}: {e}")
+                return _failed(store, v, e)
             msg = (
                 f"no space left at {e.filename or store.run_dir(v.run_id)}: free some space; the next bench run "
                 "retries this run from its last finished epoch"
@@ -207,11 +206,16 @@ def execute(
             try:
                 store.fail(v.run_id, NO_SPACE, msg, keep_checkpoint=True)
             except OSError:  # still full: a run without a status reads as never started, never as running
-                (store.run_dir(v.run_id) / "status.json").unlink(missing_ok=True)
+                (store.run_dir(v.run_id) / record.STATUS).unlink(missing_ok=True)
             return RunResult(v, "failed", error=msg)
         except Exception as e:
-            store.fail(v.run_id, type(e).__name__, f"{e}\n{traceback.format_exc()}")
-            return RunResult(v, "failed", error=f"{type(e).__name__}: {e}")
+            return _failed(store, v, e)
+
+
+def _failed(store: Store, v: Variant, e: Exception) -> RunResult:
+    """Record an unexpected failure with its traceback; the grid goes on."""
+    store.fail(v.run_id, type(e).__name__, f"{e}\n{traceback.format_exc()}")
+    return RunResult(v, "failed", error=f"{type(e).__name__}: {e}")
 
 
 def _train_and_record(
