@@ -37,13 +37,21 @@ class DataConfig(Strict):
     download: bool = True
     val_size: int = Field(5000, ge=1)  # stratified, carved out of the training images
     split_seed: int = 0  # fixed apart from the run seed: every variant sees the same split
-    limit_train: int | None = Field(None, ge=10)  # stratified subsample, for quick studies
-    limit_test: int | None = Field(None, ge=10)
+    # Data size: a stratified subset of the training images (a count, or a fraction of those left after
+    # the validation split); smaller subsets are nested in larger ones, validation and test never change.
+    limit_train: int | None = Field(None, ge=10)
+    train_fraction: float | None = Field(None, gt=0, le=1)
+    limit_test: int | None = Field(None, ge=10)  # stratified subset of the test images, for quick studies
 
     @model_validator(mode="after")
     def _path_needed(self):
         if self.source == "folder" and not self.path:
             raise ValueError("data.source 'folder' needs data.path (an image-folder tree or its .tar.gz)")
+        if self.limit_train is not None and self.train_fraction is not None:
+            raise ValueError(
+                "data.limit_train and data.train_fraction both size the training set: set one of them "
+                "(an axis over data size uses one key)"
+            )
         return self
 
 

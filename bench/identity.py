@@ -185,9 +185,24 @@ def code_versions() -> dict[str, str]:
 # ---- the run id --------------------------------------------------------------------------------
 
 
+# Keys added after runs were first stored, with the value that means "this feature is off": left out of a
+# run's identity while at that value, so a new feature never changes the id (and the reuse) of older runs.
+# A key's neutral value must keep its meaning for good; new keys join here.
+ADDED_KEYS = {
+    "data.train_fraction": None,
+}
+
+
 def identity(cfg: RunConfig, fp: Fingerprints) -> dict:
     """Everything that decides a run's result, with no path in it."""
     tree = cfg.model_dump(mode="json")
+    for key, neutral in ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node[p]
+        if node[leaf] == neutral:
+            del node[leaf]
     tree["data"]["path"] = None  # where the images lie is not what they are: the fingerprint is
     tree["data"].pop("download", None)
     if cfg.model.weights.startswith("file:"):

@@ -57,8 +57,9 @@ def load(cfg: DataConfig) -> Dataset:
     idx_train, idx_val = train_test_split(
         np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
     )
-    idx_train = _limit(idx_train, y_train, cfg.limit_train, cfg.split_seed)
-    idx_test = _limit(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
+    n_train = cfg.limit_train if cfg.train_fraction is None else round(cfg.train_fraction * len(idx_train))
+    idx_train = nested_subset(idx_train, y_train, n_train, cfg.split_seed)
+    idx_test = nested_subset(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
 
     def split(x, y, idx):
         idx = np.sort(idx)
@@ -68,6 +69,8 @@ def load(cfg: DataConfig) -> Dataset:
         )
 
     settings = {k: getattr(cfg, k) for k in ("val_size", "split_seed", "limit_train", "limit_test")}
+    if cfg.limit_train is not None or cfg.limit_test is not None or cfg.train_fraction is not None:
+        settings.update(train_fraction=cfg.train_fraction, subset=SUBSET_METHOD)
     fingerprint = hashlib.sha256(json.dumps([content, settings], sort_keys=True).encode()).hexdigest()[:16]
     return Dataset(
         split(x_train, y_train, idx_train),
@@ -100,6 +103,13 @@ def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, class
                 f"{key}={value} is smaller than the number of classes ({n}); a stratified split needs "
                 f"at least one image of each class: use {key} >= {n}"
             )
+    pool = len(y_train) - cfg.val_size
+    if cfg.train_fraction is not None and round(cfg.train_fraction * pool) < n:
+        raise DataError(
+            f"data.train_fraction={cfg.train_fraction:g} keeps {round(cfg.train_fraction * pool)} of the {pool} "
+            f"training images, fewer than the {n} classes; a stratified subset needs one of each: "
+            f"use data.train_fraction >= {n / pool:.2g}"
+        )
     if cfg.val_size > len(y_train) - n:
         raise DataError(
             f"data.val_size={cfg.val_size} leaves too few training images: the {cfg.source} training "
@@ -107,8 +117,23 @@ def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, class
         )
 
 
-def _limit(idx: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    if limit is None or limit >= len(idx):
+# How subsets are drawn; part of the data's fingerprint, so a change here can never reuse an old result.
+SUBSET_METHOD = "nested-stratified-1"
+
+
+def nested_subset(idx: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """The first `n` of `idx` in one fixed stratified order: each class's images in a random order
+    (fixed by `seed`), interleaved so every prefix holds each class in proportion (within one image).
+    So a subset of any size is stratified, and a smaller one is always inside a larger one, as a
+    learning curve wants."""
+    if n is None or n >= len(idx):
         return idx
-    kept, _ = train_test_split(idx, train_size=limit, stratify=y[idx], random_state=seed)
-    return kept
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(idx))
+    labels = y[idx][perm]
+    rank = np.zeros(len(perm))
+    for c in np.unique(labels):  # the position of each image within its class, spread over [0, 1)
+        members = np.flatnonzero(labels == c)
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+    order = perm[np.argsort(rank, kind="stable")]
+    return idx[order[:n]]
