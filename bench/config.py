@@ -30,12 +30,18 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["cifar10", "folder", "digits"] = "cifar10"
-    # cifar10: torchvision root (downloaded there when `download`); folder: a tree with
+    # cifar10 | cifar100 | svhn | stl10 | flowers102 | pets | dtd: official releases through torchvision's
+    # readers and their official splits (bench.data.official); folder: an image-folder tree; digits: offline demo
+    source: Literal["cifar10", "cifar100", "svhn", "stl10", "flowers102", "pets", "dtd", "folder", "digits"] = "cifar10"
+    # official sets: torchvision's root (downloaded there when `download`); folder: a tree with
     # train/<class>/* and test/<class>/*, or a .tar.gz of one. Relative to the study file.
     path: str | None = None
     download: bool = True
-    val_size: int = Field(5000, ge=1)  # stratified, carved out of the training images
+    # stratified, carved out of the training images; flowers102 and dtd use their official validation split
+    val_size: int = Field(5000, ge=1)
+    # the side images are stored at (shorter side resized, centre-cropped); needed by flowers102, pets, dtd
+    # (images of many sizes); None: as the files are. input.resolution then resizes on the device.
+    image_size: int | None = Field(None, ge=8, le=1024)
     split_seed: int = 0  # fixed apart from the run seed: every variant sees the same split
     # Data size: a stratified subset of the training images (a count, or a fraction of those left after
     # the validation split); smaller subsets are nested in larger ones, validation and test never change.
@@ -47,6 +53,15 @@ class DataConfig(Strict):
     def _path_needed(self):
         if self.source == "folder" and not self.path:
             raise ValueError("data.source 'folder' needs data.path (an image-folder tree or its .tar.gz)")
+        if self.source in ("flowers102", "dtd") and "val_size" in self.model_fields_set:
+            raise ValueError(
+                f"data.source '{self.source}' has an official validation split, used as is: remove data.val_size"
+            )
+        if self.source in ("flowers102", "pets", "dtd") and self.image_size is None:
+            raise ValueError(
+                f"data.source '{self.source}' has images of many sizes: set data.image_size, the side they are "
+                "stored at (e.g. 224: shorter side resized, then centre-cropped)"
+            )
         if self.limit_train is not None and self.train_fraction is not None:
             raise ValueError(
                 "data.limit_train and data.train_fraction both size the training set: set one of them "
@@ -175,6 +190,12 @@ class TrainConfig(Strict):
     step_gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up from lr/100, before any schedule
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Fine-tuning recipes (bench.recipes), for a backbone that trains (model.freeze other than backbone):
+    backbone_lr_mult: float = Field(1.0, gt=0, le=100)  # the backbone's lr relative to the head's (train.lr)
+    layer_decay: float | None = Field(None, gt=0, le=1)  # layer-wise lr decay: each layer down one more factor
+    no_decay_norm_bias: bool = False  # no weight decay on norm weights, biases, position embeddings (timm's rule)
+    unfreeze_after: int | None = Field(None, ge=0)  # gradual unfreezing: the head alone for this many epochs,
+    unfreeze_every: int = Field(1, ge=1)  # then one more stage (from the last down) every this many epochs
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     select: Literal["best", "last"] = "best"  # test with the best-validation epoch, or the last
 
@@ -183,6 +204,11 @@ class TrainConfig(Strict):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"train.warmup_epochs ({self.warmup_epochs}) must be less than train.epochs ({self.epochs})"
+            )
+        if self.unfreeze_after is not None and self.unfreeze_after >= self.epochs:
+            raise ValueError(
+                f"train.unfreeze_after ({self.unfreeze_after}) must be less than train.epochs ({self.epochs}): "
+                "otherwise nothing ever unfreezes"
             )
         return self
 
@@ -195,6 +221,25 @@ class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _recipes_need_a_trainable_backbone(self):
+        tc = self.train
+        used = [
+            k
+            for k, on in (
+                ("train.backbone_lr_mult", tc.backbone_lr_mult != 1),
+                ("train.layer_decay", tc.layer_decay is not None),
+                ("train.unfreeze_after", tc.unfreeze_after is not None),
+            )
+            if on
+        ]
+        if used and self.model.freeze == "backbone":
+            raise ValueError(
+                f"{', '.join(used)} shape how the backbone trains, but model.freeze is 'backbone' (nothing in it "
+                "trains): set model.freeze to none or stem-..."
+            )
+        return self
 
 
 class ConfigError(Exception):

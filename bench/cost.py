@@ -19,7 +19,18 @@ from bench import features, models
 from bench.config import RunConfig
 from bench.files import atomic_write, cache_root
 
-SIZES = {"cifar10": (50_000, 10_000), "folder": (50_000, 10_000), "digits": (1_347, 450)}
+# (training images, validation images or None: carved from training, test images) per data.source
+SIZES = {
+    "cifar10": (50_000, None, 10_000),
+    "cifar100": (50_000, None, 10_000),
+    "svhn": (73_257, None, 26_032),
+    "stl10": (5_000, None, 8_000),
+    "flowers102": (1_020, 1_020, 6_149),
+    "pets": (3_680, None, 3_669),
+    "dtd": (1_880, 1_880, 1_880),
+    "folder": (50_000, None, 10_000),  # unknown until read: sized as CIFAR-10
+    "digits": (1_347, None, 450),
+}
 
 
 @functools.cache
@@ -70,9 +81,12 @@ def trainable_share(arch: str, resolution: int, freeze: str) -> float:
 def estimate_tflops(cfg: RunConfig) -> float:
     """Rough compute of a run (tera multiply-adds): backward costs about twice the forward of the
     trainable stages; a cacheable frozen backbone, or a probe, runs once over every image."""
-    n_all, n_test = SIZES[cfg.data.source]
-    n_val = min(cfg.data.val_size, n_all)
-    n_train = min(cfg.data.limit_train or n_all, n_all - n_val)
+    n_all, n_val, n_test = SIZES[cfg.data.source]
+    if n_val is None:
+        n_val = min(cfg.data.val_size, n_all)
+        n_all -= n_val
+    n_train = round(cfg.data.train_fraction * n_all) if cfg.data.train_fraction else cfg.data.limit_train or n_all
+    n_train = min(n_train, n_all)
     n_test = min(cfg.data.limit_test or n_test, n_test)
     fwd = stage_macs(cfg.model.arch, cfg.input.resolution)["total"] / 1e12
     if features.cacheable(cfg) or cfg.model.head.kind != "mlp":

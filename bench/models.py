@@ -25,8 +25,10 @@ from torch import nn
 
 from bench.config import STAGES, TORCHVISION_ARCHS, HeadConfig, ModelConfig, torchvision_weights
 
-# timm's own grouping of its ResNets (group_matcher(coarse=True)), applied to torchvision's, which have none
+# timm's own grouping of its ResNets (group_matcher), applied to torchvision's, which have none:
+# coarse (stages, for freezing) and fine (blocks, for layer-wise learning-rate decay)
 RESNET_GROUPS = {"stem": r"^conv1|^bn1|^maxpool", "blocks": r"^layer(\d+)"}
+RESNET_BLOCKS = {"stem": r"^conv1|^bn1|^maxpool", "blocks": r"^layer(\d+)\.(\d+)"}
 
 
 class WeightsError(Exception):
@@ -39,11 +41,15 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Module, frozen: list[str], frozen_params: list[str] = ()):
         super().__init__()
         self.backbone, self.head = backbone, head
-        self.frozen = frozen  # backbone submodules that never train and stay in eval mode
-        for name in frozen_params:  # includes parameters held by no submodule (a ViT's cls_token, pos_embed)
-            self.backbone.get_parameter(name).requires_grad_(False)
-        for name in frozen:
-            self.backbone.get_submodule(name).requires_grad_(False)
+        self.set_frozen(frozen, frozen_params)
+
+    def set_frozen(self, modules: list[str], params: list[str]) -> None:
+        """Freeze exactly these backbone submodules (kept in eval mode) and parameters (which include those
+        held by no submodule, such as a ViT's cls_token); the rest of the backbone trains."""
+        self.frozen = list(modules)  # backbone submodules that do not train and stay in eval mode
+        params = set(params) | {f"{m}.{n}" for m in modules for n, _ in self.backbone.get_submodule(m).named_parameters()}
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(name not in params)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -158,6 +164,16 @@ def stages(backbone: nn.Module) -> dict[str, list[str]]:
     if tail:
         out["tail"] = tail
     return out
+
+
+def layer_ids(backbone: nn.Module) -> dict[str, int]:
+    """{parameter name: depth} from 0 (the stem) to the last layer, by timm's fine group_matcher (ResNets:
+    one layer per residual block, ViTs per transformer block); what follows the last block (a final norm)
+    is the last layer. Layer-wise learning-rate decay scales each layer's rate by its distance from the head."""
+    from timm.models._manipulate import group_parameters
+
+    matcher = backbone.group_matcher(coarse=False) if hasattr(backbone, "group_matcher") else RESNET_BLOCKS
+    return group_parameters(backbone, matcher, reverse=True)
 
 
 @functools.cache

@@ -66,7 +66,7 @@ def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, war
     cfg = v.config
     model = channels_last(build_model(cfg.model, 10).to(device), device)
     model.train()
-    opt = train.make_optimizer(cfg.train, [p for p in model.parameters() if p.requires_grad])
+    opt = train.make_optimizer(cfg.train, model)
     dtype = autocast_dtype(cfg.train, device)
     bs, r = cfg.train.batch_size, cfg.input.resolution
     x = channels_last(torch.randn(bs, 3, r, r, device=device), device)

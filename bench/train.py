@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import features
+from bench import features, recipes
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
 from bench.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_name
@@ -56,13 +56,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over `net`'s parameter groups (bench.recipes: one group unless a recipe splits them)."""
+    groups = recipes.param_groups(net, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
         )
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def exploded_loss(classes: int) -> float:
@@ -126,8 +128,7 @@ def fit(
         train_tf, eval_tf = (BatchTransform(cfg.input, t, cfg.model) for t in (True, False))
     labels = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
 
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = make_optimizer(tc, params)
+    optimizer = make_optimizer(tc, net)  # every parameter that will ever train, gradual unfreezing included
     n_train = len(labels["train"])
     # A last batch of one image is dropped each epoch: BatchNorm cannot normalise a single sample.
     # The order is reshuffled every epoch, so no image is left out for good.
@@ -156,6 +157,7 @@ def fit(
         epoch_bar(start_epoch - 1)
     for epoch in range(start_epoch, tc.epochs + 1):
         t0 = time.perf_counter()
+        trains = recipes.unfreeze(model, cfg, epoch) if tc.unfreeze_after is not None else None
         net.train()
         order = torch.randperm(n_train).to(device)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -196,6 +198,7 @@ def fit(
                 "val_acc": val_acc,
                 "seconds": time.perf_counter() - t0,
                 "train_images_per_sec": n_used / train_seconds,
+                **({"trains": "+".join(["head", *trains[::-1]])} if trains is not None else {}),
             }
         )
         if tc.select == "last" or val_acc > best["acc"]:

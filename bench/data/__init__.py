@@ -1,7 +1,9 @@
 """Data sets as uint8 tensors in memory, with a fixed stratified validation split.
 
-Three sources, all ending as (N, 3, H, W) uint8 tensors and int64 labels:
-  cifar10  the official release through torchvision (downloaded when online)
+The sources, all ending as (N, 3, H, W) uint8 tensors and int64 labels:
+  cifar10, cifar100, svhn, stl10, flowers102, pets, dtd
+           the official releases through torchvision's readers, with their official splits
+           (downloaded when online; official.py)
   folder   an image-folder tree train/<class>/*, test/<class>/* (or a .tar.gz of one), such as
            the JPEG copy of CIFAR-10; decoded once, then cached by content (folder.py)
   digits   scikit-learn's 8x8 digits (ships with the package), so a demo runs fully offline
@@ -36,6 +38,18 @@ class Split:
 
 
 @dataclass
+class Raw:
+    """A source's images before splitting: (N, H, W, 3) uint8 arrays with int labels; `val` only where
+    the set has an official validation split (otherwise data.val_size images are carved from train)."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    description: str
+    val: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
 class Dataset:
     train: Split
     val: Split
@@ -46,17 +60,22 @@ class Dataset:
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """Read the source, carve the validation split, apply the limits."""
+    """Read the source, take the validation split (official, or carved from train), apply the limits."""
     from bench.data import sources
     from bench.identity import data_fingerprint
 
     content = data_fingerprint(cfg)
-    (x_train, y_train), (x_test, y_test), classes, description = sources.read(cfg, content)
-    _check_sizes(cfg, y_train, y_test, classes)
-    # The split depends on split_seed only, so every variant and seed is selected on the same images.
-    idx_train, idx_val = train_test_split(
-        np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
-    )
+    raw = sources.read(cfg, content)
+    (x_train, y_train), (x_test, y_test) = raw.train, raw.test
+    _check_sizes(cfg, y_train, y_test, raw.classes, official_val=raw.val is not None)
+    if raw.val is None:  # the split depends on split_seed only: every variant and seed selects on the same images
+        idx_train, idx_val = train_test_split(
+            np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
+        )
+        x_val, y_val = x_train, y_train
+    else:
+        idx_train, (x_val, y_val) = np.arange(len(y_train)), raw.val
+        idx_val = np.arange(len(y_val))
     n_train = cfg.limit_train if cfg.train_fraction is None else round(cfg.train_fraction * len(idx_train))
     idx_train = nested_subset(idx_train, y_train, n_train, cfg.split_seed)
     idx_test = nested_subset(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
@@ -71,29 +90,31 @@ def load(cfg: DataConfig) -> Dataset:
     settings = {k: getattr(cfg, k) for k in ("val_size", "split_seed", "limit_train", "limit_test")}
     if cfg.limit_train is not None or cfg.limit_test is not None or cfg.train_fraction is not None:
         settings.update(train_fraction=cfg.train_fraction, subset=SUBSET_METHOD)
+    if cfg.image_size is not None:
+        settings["image_size"] = cfg.image_size
     fingerprint = hashlib.sha256(json.dumps([content, settings], sort_keys=True).encode()).hexdigest()[:16]
     return Dataset(
         split(x_train, y_train, idx_train),
-        split(x_train, y_train, idx_val),
+        split(x_val, y_val, idx_val),
         split(x_test, y_test, idx_test),
-        classes,
-        description,
+        raw.classes,
+        raw.description,
         fingerprint,
     )
 
 
-def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, classes: list[str]) -> None:
+def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, classes: list, official_val: bool) -> None:
     """Every split stratified by class needs at least one image of each class: say which key and the minimum."""
     n = len(classes)
     smallest = int(np.bincount(y_train, minlength=n).min())
-    if smallest < 2:
+    if smallest < (1 if official_val else 2):
         name = classes[int(np.bincount(y_train, minlength=n).argmin())]
         raise DataError(
-            f"class '{name}' has {smallest} training image(s); a stratified validation split needs at "
-            "least 2 of every class"
+            f"class '{name}' has {smallest} training image(s); "
+            + ("is the data set complete?" if official_val else "a stratified validation split needs at least 2 of every class")
         )
     checks = [
-        ("data.val_size", cfg.val_size),
+        ("data.val_size", None if official_val else cfg.val_size),
         ("data.limit_train", cfg.limit_train),
         ("data.limit_test", cfg.limit_test),
     ]
@@ -103,14 +124,14 @@ def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, class
                 f"{key}={value} is smaller than the number of classes ({n}); a stratified split needs "
                 f"at least one image of each class: use {key} >= {n}"
             )
-    pool = len(y_train) - cfg.val_size
+    pool = len(y_train) - (0 if official_val else cfg.val_size)
     if cfg.train_fraction is not None and round(cfg.train_fraction * pool) < n:
         raise DataError(
             f"data.train_fraction={cfg.train_fraction:g} keeps {round(cfg.train_fraction * pool)} of the {pool} "
             f"training images, fewer than the {n} classes; a stratified subset needs one of each: "
             f"use data.train_fraction >= {n / pool:.2g}"
         )
-    if cfg.val_size > len(y_train) - n:
+    if not official_val and cfg.val_size > len(y_train) - n:
         raise DataError(
             f"data.val_size={cfg.val_size} leaves too few training images: the {cfg.source} training "
             f"set has {len(y_train)}; use data.val_size <= {len(y_train) - n}"

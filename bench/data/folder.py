@@ -22,7 +22,8 @@ from bench.data import DataError
 from bench.files import atomic_save, cache_root, temp_prefix
 
 
-def read_folder(path: Path, content: str):
+def read_folder(path: Path, content: str, side: int | None = None):
+    """`side`: data.image_size, every image resized and centre-cropped to side x side (None: as they are)."""
     root = _extracted(path, content)
     for part in ("train", "test"):
         if not (root / part).is_dir():
@@ -30,13 +31,14 @@ def read_folder(path: Path, content: str):
                 f"{root} has no {part}/ folder: data.source 'folder' needs "
                 f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
             )
-    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}-{decoder_version()}.npz"
+    size = f"-{side}px" if side else ""
+    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}{size}-{decoder_version()}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         arrays = (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
         classes = [str(c) for c in z["classes"]]
     else:
-        (x_tr, y_tr, classes), (x_te, y_te, test_classes) = _decode_tree(root / "train"), _decode_tree(root / "test")
+        (x_tr, y_tr, classes), (x_te, y_te, test_classes) = (_decode_tree(root / p, side) for p in ("train", "test"))
         if classes != test_classes:
             raise DataError(f"{root}: train/ and test/ have different class folders ({classes} vs {test_classes})")
         if x_tr.shape[1:] != x_te.shape[1:]:
@@ -93,7 +95,15 @@ def to_rgb8(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _decode_tree(split_dir: Path):
+def square(image, side: int):
+    """A PIL image's shorter side resized to `side` (antialiased), then its centre side x side crop (the
+    usual evaluation crop): how images of many sizes are stored at one (data.image_size)."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(image, side), [side, side])
+
+
+def _decode_tree(split_dir: Path, side: int | None):
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -112,7 +122,8 @@ def _decode_tree(split_dir: Path):
         path, _ = sample
         try:
             with Image.open(path) as im:
-                return to_rgb8(im)
+                rgb = to_rgb8(im)
+            return np.asarray(square(Image.fromarray(rgb), side)) if side else rgb
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot decode image {path}: {e}. Delete or replace the file") from None
 
@@ -123,6 +134,6 @@ def _decode_tree(split_dir: Path):
         if im.shape != first:
             raise DataError(
                 f"image {path} is {im.shape[1]}x{im.shape[0]} px but {samples[0][0]} is {first[1]}x{first[0]}; "
-                "bench expects one size per data set (resize them once beforehand)"
+                "set data.image_size to store every image at one size (shorter side resized, centre-cropped)"
             )
     return np.stack(images), np.array([t for _, t in samples], dtype=np.int64), classes

@@ -1,0 +1,218 @@
+"""Data sets in their official formats, read by torchvision's own readers, with their official splits.
+
+data.source  reader (torchvision)    under data.path (default: bench's cache/<source>)  images     train / val / test
+cifar10      CIFAR10                 cifar-10-batches-py/                               32 px      50,000 / carved / 10,000
+cifar100     CIFAR100 (100 fine)     cifar-100-python/                                  32 px      50,000 / carved / 10,000
+svhn         SVHN                    train_32x32.mat, test_32x32.mat                    32 px      73,257 / carved / 26,032
+stl10        STL10 (labelled part)   stl10_binary/                                      96 px       5,000 / carved /  8,000
+flowers102   Flowers102              flowers-102/ (jpg/, imagelabels.mat, setid.mat)    any size    1,020 /  1,020 /  6,149
+pets         OxfordIIITPet           oxford-iiit-pet/ (images/, annotations/)           any size    3,680 / carved /  3,669
+dtd          DTD (partition 1)       dtd/dtd/ (images/, labels/)                        any size    1,880 /  1,880 /  1,880
+
+"carved": data.val_size images taken, stratified, from the official training split; Flowers-102 and DTD
+have an official validation split, used as is. Images of any size are decoded once, resized (shorter side)
+and centre-cropped to data.image_size, and cached by content; every set is kept as uint8 in memory, and
+one that would not fit is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.config import DataConfig
+from bench.data import DataError, Raw
+from bench.files import atomic_save, cache_root
+
+
+@dataclass(frozen=True)
+class Official:
+    title: str
+    reader: str  # the torchvision.datasets class
+    folder: str  # what the reader expects under the root
+    url: str  # where the files come from
+    splits: tuple[str, str | None, str]  # the reader's split names for train, val (None: carved), test
+    images: int  # how many images the train, val and test splits hold together
+    size: int | None  # their side in pixels; None: every image its own size (data.image_size needed)
+    verified: bool  # the reader checks every file against published md5s
+
+
+OFFICIAL = {
+    "cifar10": Official(
+        "CIFAR-10", "CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ("train", None, "test"), 60_000, 32, True,
+    ),
+    "cifar100": Official(
+        "CIFAR-100", "CIFAR100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        ("train", None, "test"), 60_000, 32, True,
+    ),
+    "svhn": Official(
+        "SVHN", "SVHN", "train_32x32.mat and test_32x32.mat", "http://ufldl.stanford.edu/housenumbers/",
+        ("train", None, "test"), 99_289, 32, True,
+    ),
+    "stl10": Official(
+        "STL-10", "STL10", "stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        ("train", None, "test"), 13_000, 96, True,
+    ),
+    "flowers102": Official(
+        "Oxford Flowers-102", "Flowers102", "flowers-102", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+        ("train", "val", "test"), 8_189, None, False,
+    ),
+    "pets": Official(
+        "Oxford-IIIT Pets", "OxfordIIITPet", "oxford-iiit-pet", "https://www.robots.ox.ac.uk/~vgg/data/pets/",
+        ("trainval", None, "test"), 7_349, None, False,
+    ),
+    "dtd": Official(
+        "DTD", "DTD", "dtd/dtd", "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
+        ("train", "val", "test"), 5_640, None, False,
+    ),
+}
+
+
+def root(cfg: DataConfig) -> Path:
+    return Path(cfg.path) if cfg.path else cache_root() / cfg.source
+
+
+def reader(cfg: DataConfig, split: str, download: bool):
+    """torchvision's data set object for one split; DataError saying where the files go when absent."""
+    import torchvision.datasets as tvd
+
+    spec = OFFICIAL[cfg.source]
+    cls = getattr(tvd, spec.reader)
+    kwargs = {"train": split == "train"} if spec.reader.startswith("CIFAR") else {"split": split}
+    try:
+        return cls(root(cfg), download=download, **kwargs)
+    except (RuntimeError, OSError) as e:  # "Dataset not found or corrupted"; URLError offline
+        raise DataError(
+            f"official {spec.title} not found under {root(cfg) / spec.folder.split(' ')[0]}"
+            + (" and the download failed" if download else " (data.download is false)")
+            + f" ({type(e).__name__}: {e}). Fix: download it from {spec.url} on a machine with internet and "
+            f"extract it there ({spec.folder} in torchvision's layout), or set data.path to the folder that "
+            f"holds {spec.folder}"
+        ) from None
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """What the set's files are. Sets whose reader checks every file against published md5s: those sums.
+    The others (the reader checks only that folders exist): the files' own content, hashed once per
+    content (bench.identity), after a download when the files are missing and data.download allows it."""
+    from bench.identity import tree_sha256
+
+    spec = OFFICIAL[cfg.source]
+    cls = getattr(__import__("torchvision.datasets", fromlist=[spec.reader]), spec.reader)
+    if spec.verified:
+        if hasattr(cls, "split_list"):  # SVHN
+            sums = [cls.split_list[s][2] for s in ("train", "test")]
+        else:
+            sums = [md5 for _, md5 in cls.train_list + cls.test_list] + ([cls.meta["md5"]] if hasattr(cls, "meta") else [])
+        return f"{cfg.source}:" + hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
+    folder = root(cfg) / spec.folder
+    if not folder.is_dir():
+        reader(cfg, spec.splits[0], cfg.download)  # downloads, or says where the files go
+    return f"{cfg.source}:" + tree_sha256(folder)[:16]
+
+
+def check_memory(cfg: DataConfig, available: int | None = None) -> int:
+    """Bytes the set needs as uint8 in memory; DataError when more than 80% of the memory available now."""
+    spec = OFFICIAL.get(cfg.source)
+    side = cfg.image_size or (spec.size if spec else None)
+    if spec is None or side is None:
+        return 0
+    need = spec.images * 3 * side * side
+    available = _available_memory() if available is None else available
+    if available and need > 0.8 * available:
+        raise DataError(
+            f"{spec.title} at {side} px needs {need / 2**30:.1f} GiB in memory ({spec.images:,} images x 3 x "
+            f"{side} x {side} bytes), but {available / 2**30:.1f} GiB is available: set a smaller data.image_size "
+            f"(memory grows with its square) or use a machine with more memory"
+        )
+    return need
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def read(cfg: DataConfig, content: str) -> Raw:
+    spec = OFFICIAL[cfg.source]
+    need = check_memory(cfg)
+    side = cfg.image_size or spec.size
+    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}-{side}px-{_decoder()}.npz"
+    if spec.size is None and cache.exists():  # decoding thousands of JPEGs is slow: done once per content
+        z = np.load(cache, allow_pickle=False)
+        arrays = {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "val", "test") if f"x_{s}" in z}
+        classes = [str(c) for c in z["classes"]]
+    else:
+        arrays, classes = {}, None
+        for part, split in zip(("train", "val", "test"), spec.splits):
+            if split is not None:
+                ds = reader(cfg, split, cfg.download and part == "train")
+                arrays[part] = _images(ds, side)
+                classes = classes or _classes(ds)
+        if spec.size is None:
+            flat = {f"{k}_{s}": a for s, (x, y) in arrays.items() for k, a in (("x", x), ("y", y))}
+            atomic_save(cache, lambda f: np.savez(f, classes=np.array(classes), **flat))
+    return Raw(
+        arrays["train"],
+        arrays["test"],
+        classes,
+        f"{spec.title}, official release and splits (torchvision {spec.reader}), {side} px, "
+        f"{need / 2**20:,.0f} MiB as uint8",
+        arrays.get("val"),
+    )
+
+
+def _decoder() -> str:
+    from bench.data.folder import decoder_version
+
+    return decoder_version()
+
+
+def _images(ds, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, side, side, 3) uint8 and int64 labels of a torchvision data set."""
+    arrays = getattr(ds, "data", None)
+    if isinstance(arrays, np.ndarray):  # CIFAR (NHWC), SVHN and STL-10 (NCHW): the whole split in memory
+        x = arrays if arrays.shape[-1] == 3 else arrays.transpose(0, 2, 3, 1)
+        y = np.asarray(ds.targets if hasattr(ds, "targets") else ds.labels, dtype=np.int64)
+        return (x if x.shape[1] == side else _resize_array(x, side)), y
+    from bench.data.folder import square, to_rgb8
+
+    def load(i: int):
+        image, label = ds[i]  # the reader's own loader: a PIL image and its label
+        return to_rgb8(square(image, side)), label
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes without the GIL
+        pairs = list(pool.map(load, range(len(ds)), chunksize=64))
+    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=np.int64)
+
+
+def _resize_array(x: np.ndarray, side: int) -> np.ndarray:
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    out = [F.center_crop(F.resize(t[i : i + 1024], side, antialias=True), [side, side]) for i in range(0, len(t), 1024)]
+    return torch.cat(out).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _classes(ds) -> list[str]:
+    """The reader's class names; the digits for SVHN, which has none."""
+    names = getattr(ds, "classes", None)
+    if names:
+        return [str(c) for c in names]
+    return [str(d) for d in range(10)]  # SVHN, the one reader without names: its classes are the digits
