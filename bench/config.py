@@ -197,6 +197,7 @@ class TrainConfig(Strict):
     unfreeze_after: int | None = Field(None, ge=0)  # gradual unfreezing: the head alone for this many epochs,
     unfreeze_every: int = Field(1, ge=1)  # then one more stage (from the last down) every this many epochs
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the network that trains (inductor; on the CPU it needs a C++ compiler)
     select: Literal["best", "last"] = "best"  # test with the best-validation epoch, or the last
 
     @model_validator(mode="after")

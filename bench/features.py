@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from bench import identity
+from bench import prefix as bench_prefix
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.device import autocast
@@ -27,7 +28,7 @@ def cacheable(cfg: RunConfig) -> bool:
     return cfg.model.freeze == "backbone" and cfg.input.augment == "none"
 
 
-def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None) -> str:
+def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None, prefix: bool = False) -> str:
     """The features' identity: the images' content and split, the weights' content, the input
     pipeline, the precision; never a path, so moved data or weights still hit and changed ones never do."""
     what = {
@@ -40,6 +41,8 @@ def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None) -> str:
     }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
         what["seed"] = cfg.seed
+    if prefix:  # the outputs of the frozen stages only (bench.prefix)
+        what["prefix"] = cfg.model.freeze
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -76,9 +79,11 @@ def split_features(
     batch_size: int,
     cache_dir: Path,
     progress=None,
+    prefix: bool = False,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    """{'train'|'val'|'test': (N, width) features} from `cache_dir` or computed now; and whether it hit."""
-    path = cache_dir / f"{cache_key(cfg, data, dtype)}.pt"
+    """{'train'|'val'|'test': (N, width) features} from `cache_dir` or computed now; and whether it hit.
+    `prefix`: `backbone` is a frozen prefix (bench.prefix), whose outputs are kept on disk only when small enough."""
+    path = cache_dir / f"{cache_key(cfg, data, dtype, prefix)}.pt"
     if path.exists():
         try:
             feats = torch.load(path, map_location=device, weights_only=True)
@@ -88,10 +93,13 @@ def split_features(
             pass
     transform = BatchTransform(cfg.input, False, cfg.model)
     total = len(data.train) + len(data.val) + len(data.test)
-    advance = progress("backbone features (computed once, then cached)", total) if progress else None
+    what = "frozen prefix outputs" if prefix else "backbone features"
+    advance = progress(f"{what} (computed once, then cached)", total) if progress else None
     feats = {
         s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
         for s in ("train", "val", "test")
     }
-    atomic_save(path, lambda f: torch.save({k: v.cpu() for k, v in feats.items()}, f))
+    nbytes = sum(f.numel() * f.element_size() for f in feats.values())
+    if not prefix or bench_prefix.keep_on_disk(path, nbytes):
+        atomic_save(path, lambda f: torch.save({k: v.cpu() for k, v in feats.items()}, f))
     return feats, False

@@ -194,6 +194,7 @@ ADDED_KEYS = {
     "train.no_decay_norm_bias": False,
     "train.unfreeze_after": None,
     "train.unfreeze_every": 1,
+    "train.compile": False,
 }
 
 

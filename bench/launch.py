@@ -61,11 +61,29 @@ class InProcess:
 _worker: dict = {}  # this worker process's device and loaded inputs, kept across its runs
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each of `workers` processes gets its share of the cores: torch's threads collapse when oversubscribed
+    (a small run took 213 s beside another torch process using every core, 15 s alone)."""
+    return max(1, cores() // workers)
+
+
 def _start_worker(slots, gpus: list[str], threads: int) -> None:
     slot = slots.get()  # this worker's index, 0..N-1, handed out once per process
     if gpus:  # set before this process first touches CUDA, which reads the variable once
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     torch.set_num_threads(threads)
+    try:  # a new process has not started its inter-op pool yet; one thread there keeps to the share
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
     _worker.update(device=torch.device("cuda" if gpus else "cpu"), inputs=Inputs())
 
 
@@ -91,7 +109,7 @@ class WorkerPool:
         if self.device.type == "cuda":  # the GPUs this job was given (Slurm sets e.g. "2,3"); extra workers share
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             gpus = (visible or ",".join(map(str, range(torch.cuda.device_count())))).split(",")
-        threads = max(1, (os.cpu_count() or 1) // self.workers)  # cores shared out, not oversubscribed
+        threads = threads_per_worker(self.workers)  # cores shared out, not oversubscribed
         pool = ProcessPoolExecutor(
             self.workers, mp_context=ctx, initializer=_start_worker, initargs=(slots, gpus, threads)
         )

@@ -47,7 +47,9 @@ class Classifier(nn.Module):
         """Freeze exactly these backbone submodules (kept in eval mode) and parameters (which include those
         held by no submodule, such as a ViT's cls_token); the rest of the backbone trains."""
         self.frozen = list(modules)  # backbone submodules that do not train and stay in eval mode
-        params = set(params) | {f"{m}.{n}" for m in modules for n, _ in self.backbone.get_submodule(m).named_parameters()}
+        params = set(params) | {
+            f"{m}.{n}" for m in modules for n, _ in self.backbone.get_submodule(m).named_parameters()
+        }
         for name, p in self.backbone.named_parameters():
             p.requires_grad_(name not in params)
 

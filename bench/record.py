@@ -76,7 +76,7 @@ class RunMetrics(Record):
     epochs: int
     train_seconds: float
     train_images_per_sec: float
-    feature_cache: str = "off"  # off | computed | hit
+    feature_cache: str = "off"  # computed | hit | prefix computed | prefix hit | off[: why] (bench.train)
     weights: str = "?"  # in words: 'pretrained (torchvision:IMAGENET1K_V1)' or 'random init ...'
     pretrained: bool = True
     dataset: str = "?"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import features, recipes
+from bench import features, prefix, recipes
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
 from bench.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_name
@@ -45,7 +45,9 @@ class Outcome:
     test_logits: np.ndarray  # (N_test, classes) float32, from the selected epoch's weights
     best_epoch: int  # the epoch whose weights produced test_logits
     seconds: float
-    feature_cache: str  # 'off' (backbone runs every epoch), 'computed' or 'hit'
+    # 'computed' or 'hit' (backbone features), 'prefix computed' or 'prefix hit' (frozen-prefix outputs),
+    # 'off' or 'off: why' (the whole network runs every epoch)
+    feature_cache: str
     precision: str  # 'bfloat16' (autocast) or 'fp32'
     model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
 
@@ -112,21 +114,12 @@ def fit(
         from bench import probes  # here: bench.probes builds on this module's Outcome
 
         return probes.fit_probe(cfg, model, data, device, dtype, eval_bs, cache_dir, feature_cache, progress, started)
-    if feature_cache and features.cacheable(cfg):
-        # Frozen backbone, deterministic inputs: train the head on features computed once.
-        feats, hit = features.split_features(
-            model.backbone, data, cfg, device, dtype, eval_bs, cache_dir or cache_root() / "features", progress
-        )
-        net, inputs = model.head, feats
-        train_tf = eval_tf = None
-        cache_state = "hit" if hit else "computed"
-    else:
-        net, cache_state = model, "off"
-        inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
-        if device.type == "cuda":  # the whole uint8 data set fits on the GPU: no host transfers
-            inputs = {s: x.to(device) for s, x in inputs.items()}
-        train_tf, eval_tf = (BatchTransform(cfg.input, t, cfg.model) for t in (True, False))
+    net, inputs, train_tf, eval_tf, cache_state = _what_trains(
+        cfg, model, data, device, dtype, eval_bs, feature_cache, cache_dir or cache_root() / "features", progress
+    )
     labels = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
+    # torch.compile (train.compile): the same parameters behind a compiled forward; state dicts stay net's
+    fwd = torch.compile(net) if tc.compile else net
 
     optimizer = make_optimizer(tc, net)  # every parameter that will ever train, gradual unfreezing included
     n_train = len(labels["train"])
@@ -142,7 +135,9 @@ def fit(
     start_epoch = 1
     if checkpoint and checkpoint.exists():
         state = _load_checkpoint(checkpoint)
-        if state is not None:
+        # a checkpoint of another network (saved on the full path, resumed where the prefix cache applies, or
+        # the other way round) is not resumed: the run starts over
+        if state is not None and set(state["net"]) == set(net.state_dict()):
             net.load_state_dict(state["net"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -169,7 +164,7 @@ def fit(
             x = train_tf(x) if train_tf else x
             y = labels["train"][idx]
             with autocast(device, dtype):
-                logits = net(x)
+                logits = fwd(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
             if not bool(loss.isfinite() & (loss <= too_high)):  # one device sync per step, as before
                 raise Diverged(epoch, step, loss.item())
@@ -184,7 +179,7 @@ def fit(
                 advance(len(y))
         train_seconds = time.perf_counter() - t0
         advance = progress(f"epoch {epoch}/{tc.epochs} validation", len(labels["val"])) if progress else None
-        val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
+        val_logits = predict(fwd, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
         # the same loss as in training (label smoothing included), so the two curves are comparable
         val_loss = F.cross_entropy(val_logits, labels["val"], label_smoothing=tc.label_smoothing).item()
         val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
@@ -223,7 +218,7 @@ def fit(
 
     net.load_state_dict(best["state"])
     advance = progress(f"test (epoch {best['epoch']}'s weights)", len(labels["test"])) if progress else None
-    test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype, advance)
+    test_logits = predict(fwd, inputs["test"], eval_tf, eval_bs, device, dtype, advance)
     return Outcome(
         history,
         test_logits.cpu().numpy(),
@@ -233,6 +228,30 @@ def fit(
         precision_name(dtype),
         model,
     )
+
+
+def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, feature_cache, cache_dir, progress):
+    """(the network that trains, its inputs per split, train and eval transforms, the feature_cache state):
+    the head on backbone features computed once (frozen backbone, deterministic inputs), the trainable
+    stages on frozen-prefix outputs computed once (bench.prefix), or the whole network on the images."""
+    if feature_cache and features.cacheable(cfg):
+        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, cache_dir, progress)
+        return model.head, feats, None, None, "hit" if hit else "computed"
+    parts = prefix.split(model, cfg) if feature_cache and prefix.cacheable(cfg) else None
+    refused = None
+    if parts:
+        per_image = prefix.values_per_image(parts[0], cfg.input.resolution, device)
+        refused = prefix.fits(per_image, len(data.train) + len(data.val) + len(data.test), device)
+        if refused is None:
+            outputs, hit = features.split_features(
+                parts[0], data, cfg, device, dtype, eval_bs, cache_dir, progress, prefix=True
+            )
+            return parts[1], outputs, None, None, "prefix hit" if hit else "prefix computed"
+    inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
+    if device.type == "cuda":  # the whole uint8 data set fits on the GPU: no host transfers
+        inputs = {s: x.to(device) for s, x in inputs.items()}
+    train_tf, eval_tf = (BatchTransform(cfg.input, t, cfg.model) for t in (True, False))
+    return model, inputs, train_tf, eval_tf, refused or "off"
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

@@ -129,7 +129,10 @@ def write_flowers(root, monkeypatch):
     monkeypatch.setattr(
         Flowers102,
         "_file_dict",
-        {**Flowers102._file_dict, **{k: (f, md5(folder / f)) for k, f in (("label", "imagelabels.mat"), ("setid", "setid.mat"))}},
+        {
+            **Flowers102._file_dict,
+            **{k: (f, md5(folder / f)) for k, f in (("label", "imagelabels.mat"), ("setid", "setid.mat"))},
+        },
     )
 
 
@@ -265,3 +268,30 @@ def test_memory_need_is_stated_and_a_set_that_cannot_fit_is_refused():
 def test_data_settings_that_cannot_work_are_refused_at_load_time(settings, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**settings)
+
+
+def test_a_data_size_axis_runs_and_draws_accuracy_against_training_images(write_study, tmp_path):
+    from bench.cli import main
+    from bench.report.figures import data_size_points
+    from bench.report.runs import load_runs
+    from tests.helpers import TINY
+
+    defaults = {**TINY, "data": {"source": "digits", "val_size": 100, "limit_test": 60}}
+    path = write_study(
+        {
+            "study": "sizes",
+            "defaults": defaults,
+            "grid": {"data.train_fraction": [0.1, 0.4, 1.0], "model.head.hidden": [0, 32]},
+            "baseline": False,
+            "seeds": [0, 1],
+        }
+    )
+    results, out = tmp_path / "results", tmp_path / "reports"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    points = data_size_points(load_runs(results, "sizes"))
+    assert sorted(set(points.n_train)) == [125, 499, 1247]  # of the 1,247 left after validation
+    assert sorted(set(points.recipe)) == ["hidden=0", "hidden=32"] and len(points) == 12
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    assert (out / "sizes" / "figures" / "data_size.png").stat().st_size > 0
+    page = (out / "sizes" / "report.md").read_text()
+    assert "## Accuracy against training images" in page and "each inside the next" in page

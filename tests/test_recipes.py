@@ -65,7 +65,9 @@ def test_each_group_gets_its_layer_wise_rate_at_every_step(steps):
 
 
 def test_groups_cover_every_parameter_once_and_follow_timms_rules():
-    cfg = config({"arch": "timm:test_vit", "freeze": "none"}, weight_decay=0.1, layer_decay=0.8, no_decay_norm_bias=True)
+    cfg = config(
+        {"arch": "timm:test_vit", "freeze": "none"}, weight_decay=0.1, layer_decay=0.8, no_decay_norm_bias=True
+    )
     model = models.build_model(cfg.model, 10)
     groups = recipes.param_groups(model, cfg.train)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -77,7 +79,9 @@ def test_groups_cover_every_parameter_once_and_follow_timms_rules():
     assert where["backbone.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.1
     depth = models.layer_ids(model.backbone)
     top = max(depth.values())
-    assert where["backbone.blocks.0.attn.qkv.weight"]["lr"] == pytest.approx(cfg.train.lr * 0.8 ** (top + 1 - depth["blocks.0.attn.qkv.weight"]))
+    assert where["backbone.blocks.0.attn.qkv.weight"]["lr"] == pytest.approx(
+        cfg.train.lr * 0.8 ** (top + 1 - depth["blocks.0.attn.qkv.weight"])
+    )
     assert where["backbone.norm.weight"]["lr"] == pytest.approx(cfg.train.lr * 0.8)  # the final norm: the last layer
     plain = recipes.param_groups(model, config({"freeze": "none"}).train)
     assert len(plain) == 1 and len(plain[0]["params"]) == len(names)  # no recipe: one group, as before recipes
@@ -104,7 +108,13 @@ def changed(before: dict, after: dict) -> set[str]:
     for name, value in after.items():
         if name.endswith("num_batches_tracked") or torch.equal(before[name], value):
             continue
-        out.add("head" if name.startswith("head.") else name.split(".")[1] if name.split(".")[1].startswith("layer") else "stem")
+        out.add(
+            "head"
+            if name.startswith("head.")
+            else name.split(".")[1]
+            if name.split(".")[1].startswith("layer")
+            else "stem"
+        )
     return out
 
 
@@ -116,7 +126,12 @@ def test_gradual_unfreezing_trains_one_more_stage_each_epoch_and_resumes_the_sam
     states, whole = snapshots(cfg, ds, tmp_path / "a.pt")
     moved = [changed(before, after) for before, after in zip([initial, *states], states)]
     assert moved == [{"head"}, {"head", "layer4"}, {"head", "layer3", "layer4"}, {"head", "layer2", "layer3", "layer4"}]
-    assert [h["trains"] for h in whole.history] == ["head", "head+layer4", "head+layer4+layer3", "head+layer4+layer3+layer2"]
+    assert [h["trains"] for h in whole.history] == [
+        "head",
+        "head+layer4",
+        "head+layer4+layer3",
+        "head+layer4+layer3+layer2",
+    ]
 
     first, stopped = snapshots(cfg, ds, tmp_path / "b.pt", stop_after=2)
     assert stopped is None and len(first) == 2

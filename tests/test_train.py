@@ -120,3 +120,19 @@ def test_validation_loss_uses_the_training_loss_and_select_last_reports_its_own_
     smoothed = torch.nn.functional.cross_entropy(logits, ds.val.y, label_smoothing=0.3).item()
     assert out.history[-1]["val_loss"] == pytest.approx(smoothed, rel=1e-4)
     assert out.best_epoch == 3  # select: last
+
+
+@pytest.mark.slow
+def test_a_compiled_run_matches_the_eager_run():
+    """train.compile: torch.compile (inductor, a C++ compiler on the CPU) gives the same training up to float error."""
+    cfg = tiny(model={**TINY["model"], "arch": "resnet18", "freeze": "stem-layer3"}, train={"epochs": 2})
+    ds = data.load(cfg.data)
+    eager = train.fit(cfg, ds, torch.device("cpu"), feature_cache=False)
+    compiled = train.fit(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})}),
+        ds,
+        torch.device("cpu"),
+        feature_cache=False,
+    )
+    np.testing.assert_allclose(compiled.test_logits, eager.test_logits, rtol=1e-3, atol=1e-3)
+    assert [h["val_acc"] for h in compiled.history] == pytest.approx([h["val_acc"] for h in eager.history], abs=0.02)

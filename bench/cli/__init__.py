@@ -164,6 +164,14 @@ def parser() -> argparse.ArgumentParser:
         device_arg,
         out_arg("reports/speed", "folder for speed.csv and speed.md"),
     )
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also run the variants as a study with 1 worker, then N worker processes (bench run --parallel N), "
+        "each with its share of the cores; writes workers.csv",
+    )
 
     sp = command(
         "report",

@@ -189,12 +189,18 @@ def dry_run(study, variants, store, retry_failed: bool) -> int:
 def cmd_speed(args) -> int:
     from bench.speed import run_speed, write_speed_report
 
-    _, variants = load(args)
+    study, variants = load(args)
     device = pick_device(args.device)
     console.doing("benchmarking", "nothing was written")
     with console.progress(transient=True) as progress:
         table = run_speed(variants, device, progress=console.RunBars(progress))
-    md, targets = write_speed_report(table, args.out, sys.argv[1:])
+    workers = None
+    if args.workers > 1:
+        from bench.speed import workers_speed
+
+        console.err.print(f"the same {len(variants)} runs with 1 worker, then {args.workers} workers ...")
+        workers = workers_speed(study, variants, args.workers, device)
+    md, targets = write_speed_report(table, args.out, sys.argv[1:], workers)
     console.out.width = max(console.out.width, 200)
     console.out.print(md)
     for what, measured, ok in targets:

@@ -111,7 +111,11 @@ def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, class
         name = classes[int(np.bincount(y_train, minlength=n).argmin())]
         raise DataError(
             f"class '{name}' has {smallest} training image(s); "
-            + ("is the data set complete?" if official_val else "a stratified validation split needs at least 2 of every class")
+            + (
+                "is the data set complete?"
+                if official_val
+                else "a stratified validation split needs at least 2 of every class"
+            )
         )
     checks = [
         ("data.val_size", None if official_val else cfg.val_size),

@@ -1,13 +1,13 @@
 """Data sets in their official formats, read by torchvision's own readers, with their official splits.
 
-data.source  reader (torchvision)    under data.path (default: bench's cache/<source>)  images     train / val / test
-cifar10      CIFAR10                 cifar-10-batches-py/                               32 px      50,000 / carved / 10,000
-cifar100     CIFAR100 (100 fine)     cifar-100-python/                                  32 px      50,000 / carved / 10,000
-svhn         SVHN                    train_32x32.mat, test_32x32.mat                    32 px      73,257 / carved / 26,032
-stl10        STL10 (labelled part)   stl10_binary/                                      96 px       5,000 / carved /  8,000
-flowers102   Flowers102              flowers-102/ (jpg/, imagelabels.mat, setid.mat)    any size    1,020 /  1,020 /  6,149
-pets         OxfordIIITPet           oxford-iiit-pet/ (images/, annotations/)           any size    3,680 / carved /  3,669
-dtd          DTD (partition 1)       dtd/dtd/ (images/, labels/)                        any size    1,880 /  1,880 /  1,880
+data.source  reader (torchvision)  under data.path (default: bench's cache/<source>)  images    train / val / test
+cifar10      CIFAR10              cifar-10-batches-py/                               32 px     50,000 / carved / 10,000
+cifar100     CIFAR100 (fine)      cifar-100-python/                                  32 px     50,000 / carved / 10,000
+svhn         SVHN                 train_32x32.mat, test_32x32.mat                    32 px     73,257 / carved / 26,032
+stl10        STL10 (labelled)     stl10_binary/                                      96 px      5,000 / carved /  8,000
+flowers102   Flowers102           flowers-102/ (jpg/, imagelabels.mat, setid.mat)    any size   1,020 /  1,020 /  6,149
+pets         OxfordIIITPet        oxford-iiit-pet/ (images/, annotations/)           any size   3,680 / carved /  3,669
+dtd          DTD (partition 1)    dtd/dtd/ (images/, labels/)                        any size   1,880 /  1,880 /  1,880
 
 "carved": data.val_size images taken, stratified, from the official training split; Flowers-102 and DTD
 have an official validation split, used as is. Images of any size are decoded once, resized (shorter side)
@@ -27,6 +27,7 @@ import numpy as np
 
 from bench.config import DataConfig
 from bench.data import DataError, Raw
+from bench.device import available_memory
 from bench.files import atomic_save, cache_root
 
 
@@ -44,32 +45,74 @@ class Official:
 
 OFFICIAL = {
     "cifar10": Official(
-        "CIFAR-10", "CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        ("train", None, "test"), 60_000, 32, True,
+        "CIFAR-10",
+        "CIFAR10",
+        "cifar-10-batches-py",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ("train", None, "test"),
+        60_000,
+        32,
+        True,
     ),
     "cifar100": Official(
-        "CIFAR-100", "CIFAR100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        ("train", None, "test"), 60_000, 32, True,
+        "CIFAR-100",
+        "CIFAR100",
+        "cifar-100-python",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        ("train", None, "test"),
+        60_000,
+        32,
+        True,
     ),
     "svhn": Official(
-        "SVHN", "SVHN", "train_32x32.mat and test_32x32.mat", "http://ufldl.stanford.edu/housenumbers/",
-        ("train", None, "test"), 99_289, 32, True,
+        "SVHN",
+        "SVHN",
+        "train_32x32.mat and test_32x32.mat",
+        "http://ufldl.stanford.edu/housenumbers/",
+        ("train", None, "test"),
+        99_289,
+        32,
+        True,
     ),
     "stl10": Official(
-        "STL-10", "STL10", "stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-        ("train", None, "test"), 13_000, 96, True,
+        "STL-10",
+        "STL10",
+        "stl10_binary",
+        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        ("train", None, "test"),
+        13_000,
+        96,
+        True,
     ),
     "flowers102": Official(
-        "Oxford Flowers-102", "Flowers102", "flowers-102", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
-        ("train", "val", "test"), 8_189, None, False,
+        "Oxford Flowers-102",
+        "Flowers102",
+        "flowers-102",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+        ("train", "val", "test"),
+        8_189,
+        None,
+        False,
     ),
     "pets": Official(
-        "Oxford-IIIT Pets", "OxfordIIITPet", "oxford-iiit-pet", "https://www.robots.ox.ac.uk/~vgg/data/pets/",
-        ("trainval", None, "test"), 7_349, None, False,
+        "Oxford-IIIT Pets",
+        "OxfordIIITPet",
+        "oxford-iiit-pet",
+        "https://www.robots.ox.ac.uk/~vgg/data/pets/",
+        ("trainval", None, "test"),
+        7_349,
+        None,
+        False,
     ),
     "dtd": Official(
-        "DTD", "DTD", "dtd/dtd", "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
-        ("train", "val", "test"), 5_640, None, False,
+        "DTD",
+        "DTD",
+        "dtd/dtd",
+        "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
+        ("train", "val", "test"),
+        5_640,
+        None,
+        False,
     ),
 }
 
@@ -109,7 +152,9 @@ def fingerprint(cfg: DataConfig) -> str:
         if hasattr(cls, "split_list"):  # SVHN
             sums = [cls.split_list[s][2] for s in ("train", "test")]
         else:
-            sums = [md5 for _, md5 in cls.train_list + cls.test_list] + ([cls.meta["md5"]] if hasattr(cls, "meta") else [])
+            sums = [md5 for _, md5 in cls.train_list + cls.test_list] + (
+                [cls.meta["md5"]] if hasattr(cls, "meta") else []
+            )
         return f"{cfg.source}:" + hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
     folder = root(cfg) / spec.folder
     if not folder.is_dir():
@@ -124,7 +169,7 @@ def check_memory(cfg: DataConfig, available: int | None = None) -> int:
     if spec is None or side is None:
         return 0
     need = spec.images * 3 * side * side
-    available = _available_memory() if available is None else available
+    available = available_memory() if available is None else available
     if available and need > 0.8 * available:
         raise DataError(
             f"{spec.title} at {side} px needs {need / 2**30:.1f} GiB in memory ({spec.images:,} images x 3 x "
@@ -132,20 +177,6 @@ def check_memory(cfg: DataConfig, available: int | None = None) -> int:
             f"(memory grows with its square) or use a machine with more memory"
         )
     return need
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def read(cfg: DataConfig, content: str) -> Raw:

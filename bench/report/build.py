@@ -4,7 +4,7 @@ its pages. The orchestration only; each table, figure and page is built in its o
     reports/<study>/report.md                 tables inline, figures linked, provenance
                     report.tex                standalone article: \\input's the tables, the PDFs
                     tables/<name>.md|.tex     results, effects, per_class, references
-                    figures/<name>.png|.pdf   confusion, learning_curves, accuracy_vs_time
+                    figures/<name>.png|.pdf   confusion, learning_curves, data_size, accuracy_vs_time, depth
 """
 
 from __future__ import annotations

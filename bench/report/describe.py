@@ -39,6 +39,17 @@ LAB_WORDS = {
     "data.source": {
         "folder": "another copy of the data (data.source=folder)",
         "digits": "sklearn digits, not CIFAR-10",
+        **{
+            s: f"{t}, not CIFAR-10"
+            for s, t in (
+                ("cifar100", "CIFAR-100"),
+                ("svhn", "SVHN"),
+                ("stl10", "STL-10"),
+                ("flowers102", "Flowers-102"),
+                ("pets", "Oxford-IIIT Pets"),
+                ("dtd", "DTD"),
+            )
+        },
     },
     "model.weights": {"none": "random init (no pretraining)"},
     "model.head.norm": {True: "BatchNorm added to the lab's head"},

@@ -20,6 +20,7 @@ from bench.files import atomic_save
 from bench.report.describe import cache_note, is_random_init
 from bench.report.format import TEST_ACC, mean_std, value
 from bench.report.runs import StudyRuns
+from bench.util import flatten, fmt_value
 
 EXTENSIONS = {"md": "png", "tex": "pdf"}
 LINESTYLES = ("-", "--", ":", "-.")
@@ -63,7 +64,71 @@ def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -
         "Test accuracy against training time per run; the grey line joins the "
         "recipes that no faster recipe beats. " + (cache_note(study) or "")
     ).strip()
+    sizes = data_size_points(study)
+    if not sizes.empty:
+        made["data_size"] = data_size_figure(sizes, out / "data_size", formats)
     return made
+
+
+SIZE_KEYS = ("data.limit_train", "data.train_fraction")
+
+
+def data_size_points(study: StudyRuns) -> pd.DataFrame:
+    """(recipe, n_train, seed, acc) of every finished run whose recipe was trained on at least two data sizes;
+    a recipe is everything in the run's configuration but the data-size keys and the seed, named by the
+    settings in which the recipes differ."""
+    rows = []
+    for v in study.variants:
+        for r in study.done(v):
+            cfg = {k: x for k, x in flatten(r.config or {}).items() if k not in (*SIZE_KEYS, "seed")}
+            rows.append(
+                {
+                    "cfg": cfg,
+                    "key": repr(sorted(cfg.items())),
+                    "n_train": r.metrics.n_train,
+                    "seed": r.seed,
+                    "acc": value(r, TEST_ACC),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame = frame[frame.groupby("key")["n_train"].transform("nunique") >= 2]
+    if frame.empty:
+        return frame
+    recipes = frame.drop_duplicates("key").cfg.tolist()
+    varying = [k for k in dict.fromkeys(k for c in recipes for k in c) if len({repr(c.get(k)) for c in recipes}) > 1]
+
+    def name(cfg: dict) -> str:
+        return ", ".join(f"{k.split('.')[-1]}={fmt_value(cfg.get(k))}" for k in varying) or "the study's recipe"
+
+    frame["recipe"] = frame.cfg.map(name)
+    return frame[["recipe", "n_train", "seed", "acc"]]
+
+
+def data_size_figure(points: pd.DataFrame, stem: Path, formats: set[str]) -> str:
+    """Test accuracy against training images, a line per recipe (mean over seeds), a band from the lowest to
+    the highest seed; returns the caption."""
+    fig = new_figure(8, 5.5)
+    ax = fig.add_subplot()
+    for i, (recipe, runs) in enumerate(points.groupby("recipe", sort=False)):
+        by = runs.groupby("n_train")["acc"]
+        mean, low, high = by.mean(), by.min(), by.max()
+        ax.plot(
+            mean.index, mean.values, marker="o", color=f"C{i % 10}", ls=LINESTYLES[i // 10 % 4], label=plain(recipe)
+        )
+        ax.fill_between(mean.index, low.values, high.values, color=f"C{i % 10}", alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.set(xlabel="training images (log scale)", ylabel="test accuracy (%)", title="would more data help?")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    save(fig, stem, formats)
+    seeds = points.groupby(["recipe", "n_train"]).size()
+    return (
+        "Test accuracy against the number of training images (stratified subsets, each inside the next; the same "
+        "validation and test images throughout): one line per recipe, the mean over its seeds, the band from the "
+        f"lowest to the highest seed ({seeds.min()}-{seeds.max()} seeds a point)."
+    )
 
 
 def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:

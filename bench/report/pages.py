@@ -74,6 +74,7 @@ FIGURE_TITLES = {
     "learning_curves": "Learning curves",
     "accuracy_vs_time": "Accuracy against training time",
     "depth": "Depth against transfer",
+    "data_size": "Accuracy against training images",
 }
 
 
@@ -94,7 +95,7 @@ def page_markdown(
         lines += [f"_{md(n)}_" + "\n" for n in t.notes]
         if t.name == "per_class" and "confusion" in captions:
             lines += ["![confusion matrix](figures/confusion.png)", "", md(captions["confusion"]), ""]
-    for name in ("learning_curves", "accuracy_vs_time", "depth"):
+    for name in ("learning_curves", "data_size", "accuracy_vs_time", "depth"):
         if name in captions:
             lines += [
                 f"## {FIGURE_TITLES[name]}",

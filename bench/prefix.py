@@ -1,0 +1,112 @@
+"""Prefix cache: a partially frozen ResNet trains only what follows its frozen stages.
+
+With model.freeze: stem, stem-layerN or stem-stageN and deterministic inputs (no augmentation), the frozen
+stem and first N stages (in eval mode: BatchNorm statistics fixed) give every image the same output in every
+epoch. So that output is computed once, per (weights, frozen stages, resolution, normalisation, data,
+precision; bench.features' key plus the stages), and every epoch runs only the trainable stages and the head on
+it: a feature cache one level down. The results equal the full path's (tests/test_prefix.py).
+
+  size     N images x the prefix's output per image (ResNet-50 behind layer3: 1024 x (resolution/16)^2
+           floats; 45,000 + 5,000 + 10,000 images at 32 px: 0.98 GB), stated in the run's feature_cache
+  memory   held for the run on the compute device; a prefix that would take more than half of that
+           device's free memory is not cached, and the run says so ('off: ...') and trains the full path
+  disk     written to the feature cache for the next run with the same prefix, when under DISK_LIMIT and
+           the disk has twice that room; otherwise computed again next time
+
+Supported: ResNets, torchvision's and timm's (the stem, layer1..layer4, a global pool). Before a prefix is used,
+prefix-then-rest is checked against the whole network on two images; any other network, or one that
+does not match, trains the full path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import models
+from bench.config import RunConfig
+from bench.device import available_memory
+
+DISK_LIMIT = 4 * 2**30
+
+
+class Rest(nn.Module):
+    """What follows the frozen prefix: the trainable stages and the pooling as `backbone` (parameter names
+    as in the whole backbone, so bench.recipes groups them alike), then the head."""
+
+    def __init__(self, stages: nn.Sequential, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = stages, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def cacheable(cfg: RunConfig) -> bool:
+    tc = cfg.train
+    return (
+        cfg.model.freeze.startswith("stem")
+        and cfg.input.augment == "none"
+        and cfg.model.head.kind == "mlp"
+        and tc.unfreeze_after is None
+    )
+
+
+def split(model: models.Classifier, cfg: RunConfig) -> tuple[nn.Module, Rest] | None:
+    """(frozen prefix, the rest) of a ResNet classifier, sharing its modules; None for other networks."""
+    b = model.backbone
+    act = getattr(b, "relu", None) or getattr(b, "act1", None)
+    pool = getattr(b, "avgpool", None) or getattr(b, "global_pool", None)
+    layers = [getattr(b, f"layer{i}", None) for i in range(1, 5)]
+    if act is None or pool is None or any(x is None for x in (*layers, getattr(b, "conv1", None))):
+        return None
+    frozen = models.frozen_stages(cfg.model.freeze, models.stage_names(cfg.model.arch) or (), cfg.model.arch)
+    n = len(frozen) - 1  # stages frozen after the stem
+    prefix = nn.Sequential(b.conv1, b.bn1, act, b.maxpool, *layers[:n]).eval()
+    tail = [(f"layer{i + 1}", layers[i]) for i in range(n, 4)] + [("pool", pool), ("flatten", nn.Flatten(1))]
+    rest = Rest(nn.Sequential(OrderedDict(tail)), model.head)
+    if not _same(model, prefix, rest, cfg.input.resolution):
+        return None
+    return prefix, rest
+
+
+@torch.no_grad()
+def _same(model: models.Classifier, prefix: nn.Module, rest: Rest, resolution: int) -> bool:
+    """Prefix then rest computes what the whole network does (eval mode, two random images)."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(2, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        return torch.allclose(rest(prefix(x)), model(x), rtol=1e-4, atol=1e-5)
+    finally:
+        model.train(was)
+
+
+def fits(per_image: int, images: int, device: torch.device, bytes_per_value: int = 4) -> str | None:
+    """None when the prefix's outputs fit in the memory of the device that holds them (the GPU's, or the
+    host's); otherwise why not, for the run's record."""
+    need = per_image * images * bytes_per_value
+    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    if available and need > 0.5 * available:
+        where = "GPU memory" if device.type == "cuda" else "memory"
+        return (
+            f"off: the frozen prefix's outputs need {need / 2**30:.1f} GiB, more than half the "
+            f"{available / 2**30:.1f} GiB of {where} available"
+        )
+    return None
+
+
+def keep_on_disk(path: Path, nbytes: int) -> bool:
+    """Whether to write the outputs to the feature cache: under DISK_LIMIT and with twice the room free."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return nbytes <= DISK_LIMIT and shutil.disk_usage(path.parent).free > 2 * nbytes
+
+
+@torch.no_grad()
+def values_per_image(prefix: nn.Module, resolution: int, device: torch.device) -> int:
+    return prefix(torch.zeros(1, 3, resolution, resolution, device=device)).numel()
