@@ -102,7 +102,9 @@ def test_a_real_out_of_memory_is_recorded_with_a_hint_and_the_grid_goes_on(write
     results = tmp_path / "results"
     assert main(["run", str(path), "--results", str(results), "--device", "cuda"]) == 1
     states = {
-        json.loads((d / "config.json").read_text())["input"]["resolution"]: json.loads((d / "status.json").read_text())
+        json.loads((d / "config.json").read_text())["config"]["input"]["resolution"]: json.loads(
+            (d / "status.json").read_text()
+        )
         for d in (results / "runs").iterdir()
     }
     assert states[32]["state"] == "done"

@@ -111,8 +111,8 @@ def test_frozen_means_bit_identical_after_training(tmp_path, arch, freeze, augme
         }
     )
     ds = data.load(cfg.data)
-    out = train.fit(cfg, ds, torch.device("cpu"))
-    assert out.feature_cache == "off"
+    out = train.fit(cfg, ds, torch.device("cpu"), feature_cache=False)  # frozen stages inside the trained network
+    assert out.feature_cache == "off"  # (the prefix cache's own frozen check: tests/test_prefix.py)
     after = out.model.backbone.state_dict()
     frozen = [k for k in after if k.startswith(frozen_prefixes)]
     assert frozen and all(torch.equal(after[k], loaded[k]) for k in frozen)  # weights and BN buffers

@@ -7,10 +7,12 @@ from tests.helpers import TINY
 
 
 def test_speed_table_has_every_figure_for_frozen_and_trainable_variants(write_study):
-    path = write_study({"study": "speed", "defaults": TINY, "ablate": {"model.freeze": ["stem-layer3"]}})
+    path = write_study({"study": "speed", "defaults": TINY, "ablate": {"model.freeze": ["none", "stem-layer3"]}})
     table = run_speed(load_study_file(path).variants, torch.device("cpu"))  # as `bench speed` passes them
-    frozen, tuned = table.iloc[0], table.iloc[1]
-    assert (frozen.feature_cache, tuned.feature_cache) == ("computed", "off")
+    frozen, tuned, layer4 = table.iloc[0], table.iloc[1], table.iloc[2]
+    assert (frozen.feature_cache, tuned.feature_cache, layer4.feature_cache) == ("computed", "off", "prefix computed")
+    assert layer4.full_path_s > 0 and layer4.full_s_per_epoch > 0 and pd.isna(layer4.uncached_s)
+    assert layer4.prefix_speedup_layer4 == layer4.full_s_per_epoch / layer4.s_per_epoch
     for col in ("wall_s", "cached_again_s", "uncached_s", "forward_pass_s", "train_img_s", "eval_img_s", "peak_rss_mb"):
         assert frozen[col] > 0, col
     assert frozen.uncached_over_cached == frozen.uncached_s / frozen.wall_s

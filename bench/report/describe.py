@@ -105,13 +105,22 @@ def label(study: StudyRuns, variant: str) -> str:
 
 def cache_note(study: StudyRuns) -> str | None:
     """Runs that found their frozen-backbone features cached were timed without the backbone."""
-    cached = [v for v in study.variants if any(r.metrics.feature_cache == "hit" for r in study.done(v))]
-    if cached:
-        return (
+
+    def reused(state: str) -> list[str]:
+        return [v for v in study.variants if any(r.metrics.feature_cache == state for r in study.done(v))]
+
+    notes = []
+    if cached := reused("hit"):
+        notes.append(
             f"Training time of {', '.join(cached)} leaves out the frozen backbone's pass over the images: "
             "those runs reused features from the feature cache."
         )
-    return None
+    if cached := reused("prefix hit"):
+        notes.append(
+            f"Training time of {', '.join(cached)} leaves out the frozen stages' pass over the images: "
+            "those runs reused their outputs from the prefix cache."
+        )
+    return " ".join(notes) or None
 
 
 # ---- chosen on validation, never on test ---------------------------------------------------------

@@ -283,7 +283,14 @@ def depth_figure(rows: list[dict], stem: Path, formats: set[str]) -> str:
     )
     ax.grid(alpha=0.3)
     save(fig, stem, formats)
+    random = [plain(r["arch"]) for r in rows if r["weights"] == "none"]
     return (
         "CIFAR-10 test accuracy of each depth (mean ± std over seeds) against the ImageNet top-1 error He et "
         "al. (2016) report for it (Tables 2 and 3); better ImageNet models to the right."
+        + (
+            f" RANDOM INIT ({', '.join(random)}): these backbones were not trained on ImageNet, so the error on "
+            "the x axis is not that of the weights used; the figure shows the layout, not transfer."
+            if random
+            else ""
+        )
     )
