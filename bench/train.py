@@ -118,7 +118,8 @@ def fit(
         cfg, model, data, device, dtype, eval_bs, feature_cache, cache_dir or cache_root() / "features", progress
     )
     labels = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
-    # torch.compile (train.compile): the same parameters behind a compiled forward; state dicts stay net's
+    # torch.compile (train.compile): training steps go through a compiled forward over the same parameters;
+    # evaluation stays eager (eval mode and the last partial batch would each compile another graph)
     fwd = torch.compile(net) if tc.compile else net
 
     optimizer = make_optimizer(tc, net)  # every parameter that will ever train, gradual unfreezing included
@@ -179,7 +180,7 @@ def fit(
                 advance(len(y))
         train_seconds = time.perf_counter() - t0
         advance = progress(f"epoch {epoch}/{tc.epochs} validation", len(labels["val"])) if progress else None
-        val_logits = predict(fwd, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
+        val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
         # the same loss as in training (label smoothing included), so the two curves are comparable
         val_loss = F.cross_entropy(val_logits, labels["val"], label_smoothing=tc.label_smoothing).item()
         val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
@@ -218,7 +219,7 @@ def fit(
 
     net.load_state_dict(best["state"])
     advance = progress(f"test (epoch {best['epoch']}'s weights)", len(labels["test"])) if progress else None
-    test_logits = predict(fwd, inputs["test"], eval_tf, eval_bs, device, dtype, advance)
+    test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype, advance)
     return Outcome(
         history,
         test_logits.cpu().numpy(),
