@@ -49,14 +49,19 @@ class DataConfig(Strict):
     train_fraction: float | None = Field(None, gt=0, le=1)
     limit_test: int | None = Field(None, ge=10)  # stratified subset of the test images, for quick studies
 
+    @model_validator(mode="before")
+    @classmethod
+    def _official_validation(cls, data):
+        """Flowers-102 and DTD use their official validation split: a data.val_size (say from a study's
+        CIFAR defaults, which --set cannot remove) does not apply, and is left out so it cannot tell runs apart."""
+        if isinstance(data, dict) and data.get("source") in ("flowers102", "dtd"):
+            data = {k: v for k, v in data.items() if k != "val_size"}
+        return data
+
     @model_validator(mode="after")
     def _path_needed(self):
         if self.source == "folder" and not self.path:
             raise ValueError("data.source 'folder' needs data.path (an image-folder tree or its .tar.gz)")
-        if self.source in ("flowers102", "dtd") and "val_size" in self.model_fields_set:
-            raise ValueError(
-                f"data.source '{self.source}' has an official validation split, used as is: remove data.val_size"
-            )
         if self.source in ("flowers102", "pets", "dtd") and self.image_size is None:
             raise ValueError(
                 f"data.source '{self.source}' has images of many sizes: set data.image_size, the side they are "

@@ -235,6 +235,10 @@ def resolve(variants: list, strict: bool = True) -> tuple[list, dict[str, str]]:
         key = (v.config.data, v.config.model)
         if key not in memo:
             try:
+                if strict and v.config.data.source not in ("folder", "digits"):
+                    from bench.data import official
+
+                    official.fetch(v.config.data)  # a download where allowed, as for the weights below
                 fp = fingerprints(v.config)
                 if fp is None and strict:
                     build_backbone(

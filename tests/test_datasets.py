@@ -260,7 +260,6 @@ def test_memory_need_is_stated_and_a_set_that_cannot_fit_is_refused():
     "settings, message",
     [
         ({"source": "pets"}, "has images of many sizes: set data.image_size"),
-        ({"source": "dtd", "image_size": 64, "val_size": 500}, "official validation split, used as is"),
         ({"source": "cifar100", "limit_train": 100, "train_fraction": 0.1}, "set one of them"),
         ({"source": "cifar100", "train_fraction": 1.5}, "less than or equal to 1"),
     ],
@@ -268,6 +267,12 @@ def test_memory_need_is_stated_and_a_set_that_cannot_fit_is_refused():
 def test_data_settings_that_cannot_work_are_refused_at_load_time(settings, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**settings)
+
+
+def test_validation_size_does_not_apply_to_sets_with_an_official_validation_split():
+    # e.g. `--set data.source=dtd` on a study whose CIFAR defaults give val_size: the official split is used
+    assert DataConfig(source="dtd", image_size=64, val_size=500) == DataConfig(source="dtd", image_size=64)
+    assert DataConfig(source="pets", image_size=64, val_size=500).val_size == 500
 
 
 def test_a_data_size_axis_runs_and_draws_accuracy_against_training_images(write_study, tmp_path):
@@ -295,3 +300,17 @@ def test_a_data_size_axis_runs_and_draws_accuracy_against_training_images(write_
     assert (out / "sizes" / "figures" / "data_size.png").stat().st_size > 0
     page = (out / "sizes" / "report.md").read_text()
     assert "## Accuracy against training images" in page and "each inside the next" in page
+
+
+def test_listing_a_study_never_downloads_a_missing_set(write_study, tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+
+    def no_download(cfg, split, download):
+        raise AssertionError(f"bench list tried to read or download {cfg.source}")
+
+    monkeypatch.setattr(official, "reader", no_download)
+    defaults = {"data": {"source": "dtd", "path": str(tmp_path / "nothing"), "image_size": 32}}
+    path = write_study({"study": "textures", "defaults": {**defaults, "model": {"weights": "none"}}})
+    assert main(["list", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "official DTD not found under" in out.out + out.err and "bench run` downloads it" in out.out + out.err

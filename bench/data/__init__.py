@@ -64,6 +64,10 @@ def load(cfg: DataConfig) -> Dataset:
     from bench.data import sources
     from bench.identity import data_fingerprint
 
+    if cfg.source not in ("folder", "digits"):
+        from bench.data import official
+
+        official.fetch(cfg)  # downloaded where missing and allowed, before its files are fingerprinted
     content = data_fingerprint(cfg)
     raw = sources.read(cfg, content)
     (x_train, y_train), (x_test, y_test) = raw.train, raw.test

@@ -143,7 +143,7 @@ def reader(cfg: DataConfig, split: str, download: bool):
 def fingerprint(cfg: DataConfig) -> str:
     """What the set's files are. Sets whose reader checks every file against published md5s: those sums.
     The others (the reader checks only that folders exist): the files' own content, hashed once per
-    content (bench.identity), after a download when the files are missing and data.download allows it."""
+    content (bench.identity); never downloads (`fetch` does, for `bench run`)."""
     from bench.identity import tree_sha256
 
     spec = OFFICIAL[cfg.source]
@@ -158,8 +158,19 @@ def fingerprint(cfg: DataConfig) -> str:
         return f"{cfg.source}:" + hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
     folder = root(cfg) / spec.folder
     if not folder.is_dir():
-        reader(cfg, spec.splits[0], cfg.download)  # downloads, or says where the files go
+        raise DataError(
+            f"official {spec.title} not found under {folder}: `bench run` downloads it when data.download is "
+            f"true and there is a network; or download it from {spec.url} and extract it there"
+        )
     return f"{cfg.source}:" + tree_sha256(folder)[:16]
+
+
+def fetch(cfg: DataConfig) -> None:
+    """Download a set fingerprinted by its files when they are missing and data.download allows (`bench run`
+    calls this; listing never downloads); offline, the reader's error says where the files go."""
+    spec = OFFICIAL.get(cfg.source)
+    if spec and not spec.verified and not (root(cfg) / spec.folder).is_dir():
+        reader(cfg, spec.splits[0], cfg.download)
 
 
 def check_memory(cfg: DataConfig, available: int | None = None) -> int:
