@@ -54,7 +54,10 @@ class DataConfig(Strict):
     def _official_validation(cls, data):
         """Flowers-102 and DTD use their official validation split: a data.val_size (say from a study's
         CIFAR defaults, which --set cannot remove) does not apply, and is left out so it cannot tell runs apart."""
-        if isinstance(data, dict) and data.get("source") in ("flowers102", "dtd"):
+        from bench.data.catalog import OFFICIAL  # here: bench.data imports this module
+
+        spec = OFFICIAL.get(data.get("source")) if isinstance(data, dict) else None
+        if spec and spec.official_val:
             data = {k: v for k, v in data.items() if k != "val_size"}
         return data
 
@@ -62,7 +65,9 @@ class DataConfig(Strict):
     def _path_needed(self):
         if self.source == "folder" and not self.path:
             raise ValueError("data.source 'folder' needs data.path (an image-folder tree or its .tar.gz)")
-        if self.source in ("flowers102", "pets", "dtd") and self.image_size is None:
+        from bench.data.catalog import OFFICIAL
+
+        if self.source in OFFICIAL and OFFICIAL[self.source].size is None and self.image_size is None:
             raise ValueError(
                 f"data.source '{self.source}' has images of many sizes: set data.image_size, the side they are "
                 "stored at (e.g. 224: shorter side resized, then centre-cropped)"

@@ -17,17 +17,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import features, models, prefix
 from bench.config import RunConfig
+from bench.data.catalog import OFFICIAL
 from bench.files import atomic_write, cache_root
 
 # (training images, validation images or None: carved from training, test images) per data.source
 SIZES = {
-    "cifar10": (50_000, None, 10_000),
-    "cifar100": (50_000, None, 10_000),
-    "svhn": (73_257, None, 26_032),
-    "stl10": (5_000, None, 8_000),
-    "flowers102": (1_020, 1_020, 6_149),
-    "pets": (3_680, None, 3_669),
-    "dtd": (1_880, 1_880, 1_880),
+    **{name: spec.sizes for name, spec in OFFICIAL.items()},
     "folder": (50_000, None, 10_000),  # unknown until read: sized as CIFAR-10
     "digits": (1_347, None, 450),
 }

@@ -94,9 +94,9 @@ def tree_sha256(root: Path) -> str:
 
 def data_fingerprint(cfg: DataConfig) -> str:
     """What the images are. Raises DataError when a folder source does not exist."""
-    if cfg.source not in ("folder", "digits"):  # an official release, read by torchvision
-        from bench.data import official
+    from bench.data import official
 
+    if cfg.source in official.OFFICIAL:  # an official release, read by torchvision
         return official.fingerprint(cfg)
     if cfg.source == "digits":
         return f"digits:{_digits_digest()}"
@@ -235,7 +235,7 @@ def resolve(variants: list, strict: bool = True) -> tuple[list, dict[str, str]]:
         key = (v.config.data, v.config.model)
         if key not in memo:
             try:
-                if strict and v.config.data.source not in ("folder", "digits"):
+                if strict:
                     from bench.data import official
 
                     official.fetch(v.config.data)  # a download where allowed, as for the weights below

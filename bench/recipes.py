@@ -44,15 +44,16 @@ def param_groups(net: nn.Module, tc: TrainConfig) -> list[dict]:
     for name, p in trainable:
         inner = name.removeprefix("backbone.")
         in_backbone = backbone is not None and inner != name
-        layer = depth.get(inner, top) if in_backbone else top + 1
-        scale = 1.0
-        if in_backbone:
-            scale = tc.backbone_lr_mult * (tc.layer_decay ** (top + 1 - layer) if tc.layer_decay else 1.0)
+        if not in_backbone:  # the head: one layer above the backbone's last, at train.lr
+            layer, part, scale = top + 1, "head", 1.0
+        elif tc.layer_decay:
+            layer = depth.get(inner, top)
+            part, scale = f"backbone.layer{layer}", tc.backbone_lr_mult * tc.layer_decay ** (top + 1 - layer)
+        else:  # the whole backbone as one group
+            layer, part, scale = top, "backbone", tc.backbone_lr_mult
         skip = tc.no_decay_norm_bias and (p.ndim <= 1 or (in_backbone and inner in no_decay))
-        part = "head" if not in_backbone else f"backbone.layer{layer}" if tc.layer_decay else "backbone"
-        key = (-layer if tc.layer_decay or not in_backbone else -top, part, skip)
         group = groups.setdefault(
-            key,
+            (-layer, skip),
             {
                 "name": part + (".no_decay" if skip else ""),
                 "params": [],

@@ -216,10 +216,8 @@ def workers_speed(study, variants: list[Variant], workers: int, device: torch.de
             finally:
                 os.environ.pop("BENCH_CACHE") if old is None else os.environ.update(BENCH_CACHE=old)
         threads = torch.get_num_threads() if n == 1 else launch.threads_per_worker(n)
-        failed = [r for r in results if r.state != "done"]
-        rows.append(
-            {"workers": n, "threads_each": threads, "runs": len(results), "failed": len(failed), "wall_s": seconds}
-        )
+        failed = sum(r.state != "done" for r in results)
+        rows.append({"workers": n, "threads_each": threads, "runs": len(results), "failed": failed, "wall_s": seconds})
     table = pd.DataFrame(rows)
     table["runs_per_hour"] = 3600 * table.runs / table.wall_s
     table["speedup"] = table.wall_s.iloc[0] / table.wall_s

@@ -61,13 +61,10 @@ class Dataset:
 
 def load(cfg: DataConfig) -> Dataset:
     """Read the source, take the validation split (official, or carved from train), apply the limits."""
-    from bench.data import sources
+    from bench.data import official, sources
     from bench.identity import data_fingerprint
 
-    if cfg.source not in ("folder", "digits"):
-        from bench.data import official
-
-        official.fetch(cfg)  # downloaded where missing and allowed, before its files are fingerprinted
+    official.fetch(cfg)  # an official set downloaded where missing and allowed, before it is fingerprinted
     content = data_fingerprint(cfg)
     raw = sources.read(cfg, content)
     (x_train, y_train), (x_test, y_test) = raw.train, raw.test

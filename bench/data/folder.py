@@ -31,24 +31,32 @@ def read_folder(path: Path, content: str, side: int | None = None):
                 f"{root} has no {part}/ folder: data.source 'folder' needs "
                 f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
             )
-    size = f"-{side}px" if side else ""
-    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}{size}-{decoder_version()}.npz"
-    if cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        arrays = (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
-        classes = [str(c) for c in z["classes"]]
-    else:
+
+    def decode_tree() -> tuple[dict, list[str]]:
         (x_tr, y_tr, classes), (x_te, y_te, test_classes) = (_decode_tree(root / p, side) for p in ("train", "test"))
         if classes != test_classes:
             raise DataError(f"{root}: train/ and test/ have different class folders ({classes} vs {test_classes})")
         if x_tr.shape[1:] != x_te.shape[1:]:
             raise DataError(f"{root}: train/ images are {x_tr.shape[1:3]} px but test/ images {x_te.shape[1:3]}")
-        arrays = (x_tr, y_tr), (x_te, y_te)
-        atomic_save(
-            cache,
-            lambda f: np.savez(f, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, classes=np.array(classes)),
-        )
-    return (*arrays, classes, f"image folder {path}")
+        return {"train": (x_tr, y_tr), "test": (x_te, y_te)}, classes
+
+    arrays, classes = decoded(content, side, decode_tree)
+    return arrays["train"], arrays["test"], classes, f"image folder {path}"
+
+
+def decoded(content: str, side: int | None, decode) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """({split: (images, labels)}, classes) of a set of image files, from the decode cache or `decode()`
+    now and then cached: keyed by the files' content fingerprint, the stored side and the decoder."""
+    size = f"-{side}px" if side else ""
+    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}{size}-{decoder_version()}.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        splits = {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "val", "test") if f"x_{s}" in z}
+        return splits, [str(c) for c in z["classes"]]
+    splits, classes = decode()
+    flat = {f"{k}_{s}": a for s, (x, y) in splits.items() for k, a in (("x", x), ("y", y))}
+    atomic_save(cache, lambda f: np.savez(f, classes=np.array(classes), **flat))
+    return splits, classes
 
 
 def decoder_version() -> str:

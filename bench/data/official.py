@@ -20,113 +20,32 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bench.config import DataConfig
 from bench.data import DataError, Raw
+from bench.data.catalog import OFFICIAL, Official
+from bench.data.folder import decoded, square, to_rgb8
 from bench.device import available_memory
-from bench.files import atomic_save, cache_root
-
-
-@dataclass(frozen=True)
-class Official:
-    title: str
-    reader: str  # the torchvision.datasets class
-    folder: str  # what the reader expects under the root
-    url: str  # where the files come from
-    splits: tuple[str, str | None, str]  # the reader's split names for train, val (None: carved), test
-    images: int  # how many images the train, val and test splits hold together
-    size: int | None  # their side in pixels; None: every image its own size (data.image_size needed)
-    verified: bool  # the reader checks every file against published md5s
-
-
-OFFICIAL = {
-    "cifar10": Official(
-        "CIFAR-10",
-        "CIFAR10",
-        "cifar-10-batches-py",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        ("train", None, "test"),
-        60_000,
-        32,
-        True,
-    ),
-    "cifar100": Official(
-        "CIFAR-100",
-        "CIFAR100",
-        "cifar-100-python",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        ("train", None, "test"),
-        60_000,
-        32,
-        True,
-    ),
-    "svhn": Official(
-        "SVHN",
-        "SVHN",
-        "train_32x32.mat and test_32x32.mat",
-        "http://ufldl.stanford.edu/housenumbers/",
-        ("train", None, "test"),
-        99_289,
-        32,
-        True,
-    ),
-    "stl10": Official(
-        "STL-10",
-        "STL10",
-        "stl10_binary",
-        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-        ("train", None, "test"),
-        13_000,
-        96,
-        True,
-    ),
-    "flowers102": Official(
-        "Oxford Flowers-102",
-        "Flowers102",
-        "flowers-102",
-        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
-        ("train", "val", "test"),
-        8_189,
-        None,
-        False,
-    ),
-    "pets": Official(
-        "Oxford-IIIT Pets",
-        "OxfordIIITPet",
-        "oxford-iiit-pet",
-        "https://www.robots.ox.ac.uk/~vgg/data/pets/",
-        ("trainval", None, "test"),
-        7_349,
-        None,
-        False,
-    ),
-    "dtd": Official(
-        "DTD",
-        "DTD",
-        "dtd/dtd",
-        "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
-        ("train", "val", "test"),
-        5_640,
-        None,
-        False,
-    ),
-}
+from bench.files import cache_root
 
 
 def root(cfg: DataConfig) -> Path:
     return Path(cfg.path) if cfg.path else cache_root() / cfg.source
 
 
+def reader_class(spec: Official) -> type:
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, spec.reader)
+
+
 def reader(cfg: DataConfig, split: str, download: bool):
     """torchvision's data set object for one split; DataError saying where the files go when absent."""
-    import torchvision.datasets as tvd
-
     spec = OFFICIAL[cfg.source]
-    cls = getattr(tvd, spec.reader)
+    cls = reader_class(spec)
     kwargs = {"train": split == "train"} if spec.reader.startswith("CIFAR") else {"split": split}
     try:
         return cls(root(cfg), download=download, **kwargs)
@@ -147,7 +66,7 @@ def fingerprint(cfg: DataConfig) -> str:
     from bench.identity import tree_sha256
 
     spec = OFFICIAL[cfg.source]
-    cls = getattr(__import__("torchvision.datasets", fromlist=[spec.reader]), spec.reader)
+    cls = reader_class(spec)
     if spec.verified:
         if hasattr(cls, "split_list"):  # SVHN
             sums = [cls.split_list[s][2] for s in ("train", "test")]
@@ -167,7 +86,8 @@ def fingerprint(cfg: DataConfig) -> str:
 
 def fetch(cfg: DataConfig) -> None:
     """Download a set fingerprinted by its files when they are missing and data.download allows (`bench run`
-    calls this; listing never downloads); offline, the reader's error says where the files go."""
+    calls this; listing never downloads); offline, the reader's error says where the files go. Any other
+    source: nothing to do."""
     spec = OFFICIAL.get(cfg.source)
     if spec and not spec.verified and not (root(cfg) / spec.folder).is_dir():
         reader(cfg, spec.splits[0], cfg.download)
@@ -194,21 +114,18 @@ def read(cfg: DataConfig, content: str) -> Raw:
     spec = OFFICIAL[cfg.source]
     need = check_memory(cfg)
     side = cfg.image_size or spec.size
-    cache = cache_root() / "decoded" / f"{content.replace(':', '-')}-{side}px-{_decoder()}.npz"
-    if spec.size is None and cache.exists():  # decoding thousands of JPEGs is slow: done once per content
-        z = np.load(cache, allow_pickle=False)
-        arrays = {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "val", "test") if f"x_{s}" in z}
-        classes = [str(c) for c in z["classes"]]
-    else:
+
+    def read_splits() -> tuple[dict, list[str]]:
         arrays, classes = {}, None
         for part, split in zip(("train", "val", "test"), spec.splits):
             if split is not None:
                 ds = reader(cfg, split, cfg.download and part == "train")
                 arrays[part] = _images(ds, side)
                 classes = classes or _classes(ds)
-        if spec.size is None:
-            flat = {f"{k}_{s}": a for s, (x, y) in arrays.items() for k, a in (("x", x), ("y", y))}
-            atomic_save(cache, lambda f: np.savez(f, classes=np.array(classes), **flat))
+        return arrays, classes
+
+    # sets of many image sizes are decoded once (slow: thousands of JPEGs); the others read fast as they are
+    arrays, classes = read_splits() if spec.size is not None else decoded(content, side, read_splits)
     return Raw(
         arrays["train"],
         arrays["test"],
@@ -219,12 +136,6 @@ def read(cfg: DataConfig, content: str) -> Raw:
     )
 
 
-def _decoder() -> str:
-    from bench.data.folder import decoder_version
-
-    return decoder_version()
-
-
 def _images(ds, side: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, side, side, 3) uint8 and int64 labels of a torchvision data set."""
     arrays = getattr(ds, "data", None)
@@ -232,7 +143,6 @@ def _images(ds, side: int) -> tuple[np.ndarray, np.ndarray]:
         x = arrays if arrays.shape[-1] == 3 else arrays.transpose(0, 2, 3, 1)
         y = np.asarray(ds.targets if hasattr(ds, "targets") else ds.labels, dtype=np.int64)
         return (x if x.shape[1] == side else _resize_array(x, side)), y
-    from bench.data.folder import square, to_rgb8
 
     def load(i: int):
         image, label = ds[i]  # the reader's own loader: a PIL image and its label
@@ -244,12 +154,11 @@ def _images(ds, side: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _resize_array(x: np.ndarray, side: int) -> np.ndarray:
+    """`square` on a whole NHWC uint8 array, a thousand images at a time."""
     import torch
-    from torchvision.transforms.v2 import functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    out = [F.center_crop(F.resize(t[i : i + 1024], side, antialias=True), [side, side]) for i in range(0, len(t), 1024)]
-    return torch.cat(out).permute(0, 2, 3, 1).contiguous().numpy()
+    return torch.cat([square(t[i : i + 1024], side) for i in range(0, len(t), 1024)]).permute(0, 2, 3, 1).numpy()
 
 
 def _classes(ds) -> list[str]:
