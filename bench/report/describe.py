@@ -9,6 +9,7 @@ from importlib import resources
 import pandas as pd
 import yaml
 
+from bench.data.catalog import OFFICIAL
 from bench.report.format import VAL_ACC, mean_of
 from bench.report.runs import StudyRuns
 from bench.util import flatten, fmt_value
@@ -39,17 +40,7 @@ LAB_WORDS = {
     "data.source": {
         "folder": "another copy of the data (data.source=folder)",
         "digits": "sklearn digits, not CIFAR-10",
-        **{
-            s: f"{t}, not CIFAR-10"
-            for s, t in (
-                ("cifar100", "CIFAR-100"),
-                ("svhn", "SVHN"),
-                ("stl10", "STL-10"),
-                ("flowers102", "Flowers-102"),
-                ("pets", "Oxford-IIIT Pets"),
-                ("dtd", "DTD"),
-            )
-        },
+        **{s: f"{spec.title}, not CIFAR-10" for s, spec in OFFICIAL.items() if s != "cifar10"},
     },
     "model.weights": {"none": "random init (no pretraining)"},
     "model.head.norm": {True: "BatchNorm added to the lab's head"},
