@@ -21,6 +21,10 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 FREEZE = ("backbone", "stem-layer3", "stem-layer2", "stem-layer1", "stem", "none")
 FREEZE_RE = re.compile(r"^(backbone|none|stem|stem-layer[1-3]|stem-stage[1-9]\d*)$")
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# He et al. 2016's CIFAR networks (bench.cifar_nets): {arch: (n blocks per stage, residual)}, 6n+2 layers
+CIFAR_ARCHS = {
+    f"cifar_{kind}{6 * n + 2}": (n, kind == "resnet") for kind in ("resnet", "plain") for n in (3, 5, 7, 9, 18)
+}
 # Which tags exist for which arch is checked by ModelConfig (bench.models.check_model), without I/O.
 WEIGHTS_RE = re.compile(r"^(none|torchvision:IMAGENET1K_V[12]|timm:[\w-]+(\.[\w-]+)?|file:.+)$")
 
@@ -84,8 +88,20 @@ class InputConfig(Strict):
     resolution: int = Field(224, ge=16, le=1024)  # CIFAR's 32 px are resized to this
     # unit = [0,1] as in the lab report; imagenet = ImageNet mean/std; model = the mean/std the
     # model's weights were trained with (torchvision enum transforms, timm pretrained_cfg)
-    normalize: Literal["unit", "imagenet", "model"] = "unit"
-    augment: Literal["none", "flip-crop", "trivialaugment", "randaugment"] = "none"
+    # pixel-mean = the training images' per-pixel mean subtracted, [0,1] scale (He et al.'s CIFAR recipe)
+    normalize: Literal["unit", "imagenet", "model", "pixel-mean"] = "unit"
+    # flip-crop: random flip, 4 px reflect padding, random crop; flip-crop-zero: the same with zero padding
+    # (He et al.'s CIFAR augmentation)
+    augment: Literal["none", "flip-crop", "flip-crop-zero", "trivialaugment", "randaugment"] = "none"
+
+    @model_validator(mode="after")
+    def _policies_on_images(self):
+        if self.normalize == "pixel-mean" and self.augment in ("trivialaugment", "randaugment"):
+            raise ValueError(
+                f"input.augment '{self.augment}' works on images, and input.normalize 'pixel-mean' subtracts the "
+                "mean first: use flip-crop or flip-crop-zero with pixel-mean, or another input.normalize"
+            )
+        return self
 
 
 class HeadConfig(Strict):
@@ -101,6 +117,7 @@ class HeadConfig(Strict):
 
 class ModelConfig(Strict):
     # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision) | timm:<model name>
+    # | cifar_resnet20..110, cifar_plain20..110 (He et al.'s CIFAR networks, bench.cifar_nets)
     arch: str = "resnet50"
     # none | torchvision:IMAGENET1K_V1|V2 (that arch's enum) | timm:<model>[.<tag>] | file:<state dict path>
     weights: str = "torchvision:IMAGENET1K_V1"
@@ -111,10 +128,13 @@ class ModelConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        if v in TORCHVISION_ARCHS:
+        if v in TORCHVISION_ARCHS or v in CIFAR_ARCHS:
             return v
         if not v.startswith("timm:"):
-            raise ValueError(f"expected {', '.join(TORCHVISION_ARCHS)} (torchvision) or timm:<model name>")
+            raise ValueError(
+                f"expected {', '.join(TORCHVISION_ARCHS)} (torchvision), {', '.join(CIFAR_ARCHS)} (He et al.'s "
+                f"CIFAR networks) or timm:<model name>{did_you_mean(v, [*TORCHVISION_ARCHS, *CIFAR_ARCHS])}"
+            )
         import timm
 
         name = v[5:]
@@ -194,11 +214,17 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1, le=65536)
+    nesterov: bool = True  # sgd: Nesterov momentum (false: the classical momentum of He et al.)
     epochs: int = Field(5, ge=1)
-    schedule: Literal["constant", "step", "cosine"] = "constant"
+    schedule: Literal["constant", "step", "multistep", "cosine"] = "constant"
     step_epochs: int = Field(2, ge=1)  # step schedule: multiply lr by step_gamma every step_epochs
     step_gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up from lr/100, before any schedule
+    # multistep schedule: multiply lr by step_gamma at each of these epochs (fractions allowed: the step
+    # nearest to epoch * steps per epoch; He et al.'s 32k and 48k iterations are epochs 91 and 136.5 at 45k/128)
+    milestones: tuple[float, ...] = ()
+    warmup_epochs: float = Field(0.0, ge=0)  # warm-up length (fractions allowed), before any schedule
+    # linear: from lr/100 up to lr; constant: lr/10 throughout, then lr (He et al.'s ResNet-110 warm-up)
+    warmup_shape: Literal["linear", "constant"] = "linear"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # Fine-tuning recipes (bench.recipes), for a backbone that trains (model.freeze other than backbone):
     backbone_lr_mult: float = Field(1.0, gt=0, le=100)  # the backbone's lr relative to the head's (train.lr)
@@ -212,6 +238,19 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _warmup(self):
+        if self.schedule == "multistep" and (
+            not self.milestones or list(self.milestones) != sorted(set(self.milestones))
+        ):
+            raise ValueError(
+                "train.schedule 'multistep' needs train.milestones: increasing epochs at which the lr is "
+                f"multiplied by train.step_gamma (got {list(self.milestones)}), e.g. [91, 136.5]"
+            )
+        if self.milestones and self.schedule != "multistep":
+            raise ValueError(f"train.milestones apply to train.schedule 'multistep' only (got '{self.schedule}')")
+        if any(not 0 < m < self.epochs for m in self.milestones):
+            raise ValueError(
+                f"train.milestones {list(self.milestones)} must lie inside 0..train.epochs ({self.epochs})"
+            )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"train.warmup_epochs ({self.warmup_epochs}) must be less than train.epochs ({self.epochs})"
@@ -232,6 +271,15 @@ class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _model_statistics(self):
+        if self.input.normalize == "model" and self.model.arch in CIFAR_ARCHS:
+            raise ValueError(
+                f"input.normalize 'model' uses the ImageNet statistics of a library's weights; {self.model.arch} "
+                "has none: use pixel-mean (He et al.), unit or imagenet"
+            )
+        return self
 
     @model_validator(mode="after")
     def _recipes_need_a_trainable_backbone(self):

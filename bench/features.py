@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import identity
+from bench import identity, transforms
 from bench import prefix as bench_prefix
 from bench.config import RunConfig
 from bench.data import Dataset
@@ -91,7 +91,7 @@ def split_features(
                 return feats, True
         except Exception:  # a damaged cache file is recomputed, never trusted
             pass
-    transform = BatchTransform(cfg.input, False, cfg.model)
+    transform = transforms.for_run(cfg, data, False)
     total = len(data.train) + len(data.val) + len(data.test)
     what = "frozen prefix outputs" if prefix else "backbone features"
     advance = progress(f"{what} (computed once, then cached)", total) if progress else None

@@ -195,6 +195,9 @@ ADDED_KEYS = {
     "train.unfreeze_after": None,
     "train.unfreeze_every": 1,
     "train.compile": False,
+    "train.nesterov": True,
+    "train.milestones": [],
+    "train.warmup_shape": "linear",
 }
 
 

@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from bench.config import STAGES, TORCHVISION_ARCHS, HeadConfig, ModelConfig, torchvision_weights
+from bench import cifar_nets
+from bench.config import CIFAR_ARCHS, STAGES, TORCHVISION_ARCHS, HeadConfig, ModelConfig, torchvision_weights
 
 # timm's own grouping of its ResNets (group_matcher), applied to torchvision's, which have none:
 # coarse (stages, for freezing) and fine (blocks, for layer-wise learning-rate decay)
@@ -76,7 +77,9 @@ def _torchvision_enum(arch: str, tag: str):
 def build_backbone(weights: str, arch: str = "resnet50") -> nn.Module:
     """The arch without its ImageNet classifier: (N, 3, H, W) -> (N, feature_width) pooled features."""
     kind, _, tag = weights.partition(":")
-    if kind == "timm" or arch.startswith("timm:"):
+    if arch in CIFAR_ARCHS:  # He et al.'s CIFAR networks: random init or a file, no library weights
+        net = cifar_nets.build(arch)
+    elif kind == "timm" or arch.startswith("timm:"):
         net = _timm(tag if kind == "timm" else arch[5:], kind == "timm", weights, arch)
     else:
         import torchvision
@@ -183,6 +186,8 @@ def stage_names(arch: str) -> tuple[str, ...] | None:
     """The freezable stages of an arch (built once on the meta device: no memory, no weights)."""
     if arch in TORCHVISION_ARCHS:
         return STAGES
+    if arch in CIFAR_ARCHS:
+        return STAGES[:4]
     try:
         with torch.device("meta"):
             net = build_backbone("none", arch)
@@ -262,6 +267,9 @@ def hub_file(url: str) -> Path:
 
 
 def _label(arch: str) -> str:
+    if arch in CIFAR_ARCHS:  # cifar_resnet20 -> CIFAR ResNet-20, cifar_plain20 -> CIFAR plain-20
+        kind, depth = re.fullmatch(r"cifar_(resnet|plain)(\d+)", arch).groups()
+        return f"CIFAR {'ResNet' if kind == 'resnet' else 'plain'}-{depth}"
     return f"ResNet-{arch[6:]}" if arch in TORCHVISION_ARCHS else arch.replace(":", " ")
 
 

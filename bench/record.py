@@ -29,7 +29,17 @@ CONFIG, STATUS, HISTORY, METRICS, PREDICTIONS, CHECKPOINT = (
     "checkpoint.pt",
 )
 DONE_FILES = (METRICS, PREDICTIONS, HISTORY)  # a run is done only when all of these exist
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "train_images_per_sec")
+HISTORY_COLUMNS = (
+    "epoch",
+    "steps",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "train_images_per_sec",
+)
 PREDICTION_COLUMNS = ("index", "label", "pred")
 
 

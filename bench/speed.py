@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from bench import data as data_mod
-from bench import features, train
+from bench import features, train, transforms
 from bench.device import autocast, autocast_dtype, channels_last, device_name, eval_batch_size
 from bench.models import build_model
 from bench.study import Variant
-from bench.transforms import BatchTransform
 
 
 def rss_mb(field: str = "VmHWM") -> float:
@@ -90,7 +89,7 @@ def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     """One forward pass of the backbone over every image of the three splits."""
     cfg = v.config
     model = build_model(cfg.model, len(ds.classes)).to(device)
-    transform = BatchTransform(cfg.input, False, cfg.model)
+    transform = transforms.for_run(cfg, ds, False)
     dtype, batch = autocast_dtype(cfg.train, device), eval_batch_size(cfg.train, device)
     _, seconds = timed(
         lambda: [

@@ -18,14 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import features, prefix, recipes
+from bench import features, prefix, recipes, transforms
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
 from bench.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_name
 from bench.features import predict
 from bench.files import atomic_save
 from bench.models import build_model
-from bench.transforms import BatchTransform
 
 
 class Diverged(Exception):
@@ -63,7 +62,11 @@ def make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimi
     groups = recipes.param_groups(net, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
         )
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -76,12 +79,15 @@ def exploded_loss(classes: int) -> float:
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Multiplier on train.lr at optimizer step `step`: linear warm-up, then the schedule."""
+    """Multiplier on train.lr at optimizer step `step`: the warm-up (linear from 1/100, or a constant 1/10),
+    then the schedule."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
-        return 0.01 + 0.99 * step / warmup
+        return 0.1 if cfg.warmup_shape == "constant" else 0.01 + 0.99 * step / warmup
     if cfg.schedule == "step":
         return cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+    if cfg.schedule == "multistep":
+        return cfg.step_gamma ** sum(step >= round(m * steps_per_epoch) for m in cfg.milestones)
     if cfg.schedule == "cosine":
         progress = (step - warmup) / max(1, cfg.epochs * steps_per_epoch - warmup)
         return 0.5 * (1 + math.cos(math.pi * progress))
@@ -187,6 +193,7 @@ def fit(
         history.append(
             {
                 "epoch": epoch,
+                "steps": epoch * steps_per_epoch,  # optimizer steps (iterations) so far, Figure 6's x-axis
                 "lr": lr_sum / steps_per_epoch,
                 "train_loss": loss_sum.item() / n_used,
                 "train_acc": correct.item() / n_used,
@@ -251,7 +258,7 @@ def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, f
     inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
     if device.type == "cuda":  # the whole uint8 data set fits on the GPU: no host transfers
         inputs = {s: x.to(device) for s, x in inputs.items()}
-    train_tf, eval_tf = (BatchTransform(cfg.input, t, cfg.model) for t in (True, False))
+    train_tf, eval_tf = (transforms.for_run(cfg, data, t) for t in (True, False))
     return model, inputs, train_tf, eval_tf, refused or "off"
 
 

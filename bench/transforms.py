@@ -12,16 +12,17 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
-from bench.config import InputConfig, ModelConfig
+from bench.config import InputConfig, ModelConfig, RunConfig
 from bench.models import input_stats
 
 
-def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Random horizontal flip and random crop after reflect padding, independently per image."""
+def flip_crop(x: torch.Tensor, pad: int = 4, mode: str = "reflect") -> torch.Tensor:
+    """Random horizontal flip and random crop after padding by `pad` px (reflect, or zero: mode 'constant'),
+    independently per image."""
     n, _, h, w = x.shape
     flip = torch.rand(n, device=x.device) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
     dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
@@ -34,11 +35,20 @@ def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 class BatchTransform:
     """uint8 (N, 3, H, W) on the device -> float (N, 3, R, R), augmented when `train`.
 
-    `model` (the run's ModelConfig) is needed for `input.normalize: model`: its weights' own mean/std."""
+    `model` (the run's ModelConfig) is needed for `input.normalize: model`: its weights' own mean/std;
+    `pixel_mean` ((3, H, W) in [0,1], the training images' mean: Dataset.pixel_mean) for `pixel-mean`."""
 
-    def __init__(self, cfg: InputConfig, train: bool, model: ModelConfig | None = None):
+    def __init__(
+        self, cfg: InputConfig, train: bool, model: ModelConfig | None = None, pixel_mean: torch.Tensor | None = None
+    ):
         self.resolution, self.augment = cfg.resolution, cfg.augment if train else "none"
-        if cfg.normalize == "imagenet":
+        self.pixel_mean = None
+        if cfg.normalize == "pixel-mean":  # He et al.: subtract the per-pixel mean, before any resize
+            if pixel_mean is None:
+                raise ValueError("input.normalize: pixel-mean needs the training images' mean (Dataset.pixel_mean)")
+            self.pixel_mean = pixel_mean[None]
+            self.mean, self.std = None, None
+        elif cfg.normalize == "imagenet":
             self.mean, self.std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         elif cfg.normalize == "model":
             if model is None:
@@ -51,11 +61,16 @@ class BatchTransform:
         self.policy = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment()}.get(self.augment)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.augment == "flip-crop":
-            x = flip_crop(x)
+        if self.pixel_mean is not None:  # zero padding pads the mean-subtracted image with zeros, as the paper
+            if self.pixel_mean.device != x.device:  # moved once, not on every batch
+                self.pixel_mean = self.pixel_mean.to(x.device)
+            x = x.float().div_(255).sub_(self.pixel_mean)
+        if self.augment in ("flip-crop", "flip-crop-zero"):
+            x = flip_crop(x, mode="reflect" if self.augment == "flip-crop" else "constant")
         elif self.policy is not None:
             x = torch.stack([self.policy(img) for img in x])
-        x = x.float().div_(255)
+        if self.pixel_mean is None:
+            x = x.float().div_(255)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = F.interpolate(
                 x,
@@ -71,3 +86,9 @@ class BatchTransform:
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def for_run(cfg: RunConfig, data, train: bool) -> BatchTransform:
+    """The run's input pipeline for `data` (a bench.data.Dataset), training (augmented) or evaluation."""
+    mean = data.pixel_mean if cfg.input.normalize == "pixel-mean" else None
+    return BatchTransform(cfg.input, train, cfg.model, mean)

@@ -12,6 +12,7 @@ Resizing, normalization and augmentation happen later, batched on the device (tr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ class Dataset:
     classes: list[str]
     description: str  # what a report should say about where the images came from
     fingerprint: str  # the images' content and the split settings: what caches of this data are keyed by
+
+    @functools.cached_property
+    def pixel_mean(self) -> torch.Tensor:
+        """(3, H, W) float32 in [0, 1]: the training images' per-pixel mean (input.normalize: pixel-mean)."""
+        return (self.train.x.sum(0, dtype=torch.float64) / (255 * len(self.train))).float()
 
 
 def load(cfg: DataConfig) -> Dataset:
