@@ -11,6 +11,8 @@ caught in one place (`RecordError`) instead of as a traceback deep in a table.
     metrics.json      RunMetrics: test metrics from scikit-learn, selection, timings, provenance
     predictions.csv   PREDICTION_COLUMNS + one probability column per class (p_<class>)
     checkpoint.pt     the last finished epoch, only while the run is unfinished
+    weights.safetensors  the tested weights of the whole classifier, kept for networks of at most
+                      KEEP_WEIGHTS_MAX parameters (He et al.'s CIFAR networks: scripts/export_weights.py)
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIG, STATUS, HISTORY, METRICS, PREDICTIONS, CHECKPOINT = (
+CONFIG, STATUS, HISTORY, METRICS, PREDICTIONS, CHECKPOINT, WEIGHTS = (
     "config.json",
     "status.json",
     "history.csv",
     "metrics.json",
     "predictions.csv",
     "checkpoint.pt",
+    "weights.safetensors",
 )
+# Tested weights are kept for small networks only (8 MB of float32): a ResNet-110 has 1.7M parameters, a
+# ResNet-50 25M (100 MB a run, thousands of MB over a study).
+KEEP_WEIGHTS_MAX = 2_000_000
 DONE_FILES = (METRICS, PREDICTIONS, HISTORY)  # a run is done only when all of these exist
 HISTORY_COLUMNS = (
     "epoch",

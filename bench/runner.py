@@ -22,7 +22,7 @@ import torch
 from bench import data as data_mod
 from bench import identity, record
 from bench.device import device_name
-from bench.files import sweep_cache
+from bench.files import atomic_save, sweep_cache
 from bench.metrics import classification_metrics
 from bench.models import build_backbone, describe_weights
 from bench.record import RunMetrics
@@ -272,8 +272,18 @@ def _train_and_record(
         precision=outcome.precision,
         versions=versions(),
     )
+    if sum(p.numel() for p in outcome.model.parameters()) <= record.KEEP_WEIGHTS_MAX:
+        _keep_weights(store.weights(v.run_id), outcome.model)
     store.finish(v.run_id, outcome.history, metrics, predictions)
     return RunResult(v, "done", metrics.test.accuracy, outcome.seconds)
+
+
+def _keep_weights(path, model: torch.nn.Module) -> None:
+    """The tested weights as safetensors (tensors only: reading them back runs no code)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_save(path, lambda f: f.write(save(state)))
 
 
 def versions() -> dict:

@@ -39,6 +39,9 @@ class Store:
     def checkpoint(self, run_id: str) -> Path:
         return self.run_dir(run_id) / record.CHECKPOINT
 
+    def weights(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / record.WEIGHTS
+
     def study_file(self, name: str) -> Path:
         return self.root / "studies" / f"{name}.json"
 

@@ -42,6 +42,7 @@ def write_run(
     lr=0.001,
     correct=None,
     data_fp="cifar10:test",
+    arch=None,
 ):
     """A finished run folder in the store's format, with metrics computed from its predictions.
 
@@ -56,7 +57,7 @@ def write_run(
     pred = np.where(correct, labels, (labels + 1) % len(CLASSES))
     config = {
         "data": {"source": "cifar10", "path": None, "limit_test": limit_test, "split_seed": 0},
-        "model": {"weights": weights, "freeze": freeze},
+        "model": {"weights": weights, "freeze": freeze, **({"arch": arch} if arch else {})},
         "train": {"lr": lr},
         "seed": seed,
     }
@@ -71,6 +72,7 @@ def write_run(
     history = [
         {
             "epoch": 1,
+            "steps": 100,
             "lr": 1e-3,
             "train_loss": 1.0,
             "train_acc": 0.5,
@@ -81,6 +83,7 @@ def write_run(
         },
         {
             "epoch": 2,
+            "steps": 200,
             "lr": 1e-3,
             "train_loss": 0.5,
             "train_acc": p_correct,

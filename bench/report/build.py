@@ -17,6 +17,7 @@ from bench.files import atomic_write
 from bench.report.describe import best_variant, status
 from bench.report.figures import EXTENSIONS, depth_figure, make_figures
 from bench.report.pages import page_latex, page_markdown
+from bench.report.paper import figure6, reproduction_table
 from bench.report.references import depth_rows, depth_table, references_table
 from bench.report.runs import ReportError, StudyRuns, load_runs
 from bench.report.tables import effects_table, paired, per_class_table, results_table
@@ -73,10 +74,14 @@ def write_report(
         )
     if variant:
         tables.append(per_class_table(study, variant))
+    if reproduction := reproduction_table(study):
+        tables.append(reproduction)
     tables.append(references_table(study))
     if depth := depth_table(study, baseline):
         tables.append(depth)
     captions = make_figures(study, variant, out / "figures", formats) if variant else {}
+    if reproduction:
+        captions.update(figure6(study, out / "figures", formats))
     if depth:
         captions["depth"] = depth_figure(depth_rows(study, baseline), out / "figures" / "depth", formats)
     if not variant:

@@ -51,13 +51,23 @@ def vs_lab(config: dict | None) -> str:
     """How a stored run config differs from the lab report's recipe (bench/references.yaml)."""
     if not config:
         return "?"
-    lab, own = references()["lab_report"]["settings"], flatten(config)
+    return differs_from(config, references()["lab_report"]["settings"], LAB_WORDS) or "the lab's recipe"
+
+
+def differs_from(config: dict | None, settings: dict, words: dict) -> str:
+    """The settings of a stored run config that differ from a reference recipe's (`words` says some in words);
+    '' when none does, '?' without a config."""
+    if not config:
+        return "?"
+    own = flatten(config)
     said = []
-    for key, lab_value in lab.items():
-        value = own.get(key, lab_value)
-        if value != lab_value and not (isinstance(value, float) and value == lab_value):
-            said.append(LAB_WORDS.get(key, {}).get(value, f"{key}={fmt_value(value)}"))
-    return ", ".join(said) or "the lab's recipe"
+    for key, ref in settings.items():
+        value = own.get(key, ref)
+        if isinstance(value, list) and isinstance(ref, list):  # milestones: [91, 136.5] as written or stored
+            value, ref = tuple(float(x) for x in value), tuple(float(x) for x in ref)
+        if value != ref:
+            said.append(words.get(key, {}).get(value, f"{key}={fmt_value(value) if value != () else '[]'}"))
+    return ", ".join(said)
 
 
 def status(study: StudyRuns, variant: str) -> str:

@@ -115,6 +115,8 @@ PAPER_ROWS = {
     "resnet50": ("imagenet_10crop", "ResNet-50"),
     "resnet101": ("imagenet_10crop", "ResNet-101"),
     "resnet152": ("imagenet_10crop", "ResNet-152"),
+    # He et al.'s CIFAR ResNets: Table 6's CIFAR-10 test error (no ImageNet row exists for them)
+    **{f"cifar_resnet{d}": ("cifar10", f"ResNet-{d}") for d in (20, 32, 44, 56, 110)},
 }
 
 
@@ -160,7 +162,7 @@ def depth_rows(study: StudyRuns, baseline: str | None) -> list[dict]:
                 "weights": weights,
                 "paper_model": name,
                 "paper_table": table,
-                "paper_top1_error": paper["top1_error"] if paper else None,
+                "paper_top1_error": paper.get("top1_error", paper.get("error")) if paper else None,
                 "documented_top1": documented_top1(arch, weights),
                 "acc": acc,
             }
@@ -178,7 +180,10 @@ def depth_table(study: StudyRuns, baseline: str | None) -> Table | None:
     cells = []
     for r in rows:
         t = tables[r["paper_table"]] if r["paper_table"] else None
-        paper = f"{r['paper_top1_error']:.2f} ({r['paper_model']}, Table {t['table']}, p. {t['page']})" if t else "—"
+        what = " CIFAR-10 test error" if r["paper_table"] == "cifar10" else ""
+        paper = (
+            f"{r['paper_top1_error']:.2f}{what} ({r['paper_model']}, Table {t['table']}, p. {t['page']})" if t else "—"
+        )
         documented = (
             f"{r['documented_top1']:.2f}"
             if r["documented_top1"] is not None
