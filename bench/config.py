@@ -132,8 +132,8 @@ class ModelConfig(Strict):
             return v
         if not v.startswith("timm:"):
             raise ValueError(
-                f"expected {', '.join(TORCHVISION_ARCHS)} (torchvision), {', '.join(CIFAR_ARCHS)} (He et al.'s "
-                f"CIFAR networks) or timm:<model name>{did_you_mean(v, [*TORCHVISION_ARCHS, *CIFAR_ARCHS])}"
+                f"expected {', '.join(TORCHVISION_ARCHS)} (torchvision) or timm:<model name>, or one of He et al.'s "
+                f"CIFAR networks: {', '.join(CIFAR_ARCHS)}{did_you_mean(v, [*TORCHVISION_ARCHS, *CIFAR_ARCHS])}"
             )
         import timm
 
@@ -183,18 +183,38 @@ class ModelConfig(Strict):
                     f"model.weights '{self.weights}' are not timm pretrained weights of {self.arch}; "
                     + (f"its tags: {', '.join('timm:' + t for t in tags)}" if tags else f"timm has none for {name}")
                 )
-        if self.freeze.startswith("stem"):
-            from bench.models import frozen_stages, stage_names  # here: bench.models imports this module
-
-            names = stage_names(self.arch)  # None: the model does not build on the meta device; checked at build
-            if names is not None:
-                frozen_stages(self.freeze, names, self.arch)
+        if self.freeze.startswith("stem") and (names := static_stage_names(self.arch)):
+            frozen_stages(self.freeze, names, self.arch)  # timm models: bench.models.check_freeze, as studies load
         if self.head.kind != "mlp" and self.freeze != "backbone":
             raise ValueError(
                 f"model.head.kind '{self.head.kind}' is a probe on frozen features: "
                 f"it needs model.freeze: backbone (got '{self.freeze}')"
             )
         return self
+
+
+def static_stage_names(arch: str) -> tuple[str, ...] | None:
+    """The stages of the torchvision and CIFAR ResNets; None for timm models (known once built: bench.models)."""
+    if arch in TORCHVISION_ARCHS:
+        return STAGES
+    return STAGES[:4] if arch in CIFAR_ARCHS else None
+
+
+def frozen_stages(freeze: str, names=STAGES, arch: str = "resnet50") -> list[str]:
+    """'backbone' -> all stages; 'stem-layer2' or 'stem-stage2' -> stem and the first two; 'none' -> []."""
+    names = list(names)
+    if freeze == "backbone":
+        return names
+    if freeze == "none":
+        return []
+    n = 0 if freeze == "stem" else int(re.search(r"\d+$", freeze).group())
+    spelled = "stem-stageN" + (", or stem-layerN" if names[1:2] == ["layer1"] else "")
+    if names[:1] != ["stem"] or n > len(names) - 1 or ("layer" in freeze and names[1:2] != ["layer1"]):
+        raise ValueError(
+            f"model.freeze '{freeze}' does not fit {arch}: its stages are {', '.join(names)} "
+            f"(freeze backbone, none, stem or {spelled} with N from 1 to {len(names) - 1})"
+        )
+    return names[: n + 1]
 
 
 def torchvision_weights(arch: str, tag: str):

@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from bench import cifar_nets
-from bench.config import CIFAR_ARCHS, STAGES, TORCHVISION_ARCHS, HeadConfig, ModelConfig, torchvision_weights
+from bench.config import (
+    CIFAR_ARCHS,
+    TORCHVISION_ARCHS,
+    HeadConfig,
+    ModelConfig,
+    frozen_stages,
+    static_stage_names,
+    torchvision_weights,
+)
 
 # timm's own grouping of its ResNets (group_matcher), applied to torchvision's, which have none:
 # coarse (stages, for freezing) and fine (blocks, for layer-wise learning-rate decay)
@@ -183,11 +191,9 @@ def layer_ids(backbone: nn.Module) -> dict[str, int]:
 
 @functools.cache
 def stage_names(arch: str) -> tuple[str, ...] | None:
-    """The freezable stages of an arch (built once on the meta device: no memory, no weights)."""
-    if arch in TORCHVISION_ARCHS:
-        return STAGES
-    if arch in CIFAR_ARCHS:
-        return STAGES[:4]
+    """The freezable stages of an arch (timm's: built once on the meta device, no memory, no weights)."""
+    if names := static_stage_names(arch):
+        return names
     try:
         with torch.device("meta"):
             net = build_backbone("none", arch)
@@ -196,21 +202,12 @@ def stage_names(arch: str) -> tuple[str, ...] | None:
     return tuple(s for s in stages(net) if s != "tail")
 
 
-def frozen_stages(freeze: str, names=STAGES, arch: str = "resnet50") -> list[str]:
-    """'backbone' -> all stages; 'stem-layer2' or 'stem-stage2' -> stem and the first two; 'none' -> []."""
-    names = list(names)
-    if freeze == "backbone":
-        return names
-    if freeze == "none":
-        return []
-    n = 0 if freeze == "stem" else int(re.search(r"\d+$", freeze).group())
-    spelled = "stem-stageN" + (", or stem-layerN" if names[1:2] == ["layer1"] else "")
-    if names[:1] != ["stem"] or n > len(names) - 1 or ("layer" in freeze and names[1:2] != ["layer1"]):
-        raise ValueError(
-            f"model.freeze '{freeze}' does not fit {arch}: its stages are {', '.join(names)} "
-            f"(freeze backbone, none, stem or {spelled} with N from 1 to {len(names) - 1})"
-        )
-    return names[: n + 1]
+def check_freeze(cfg: ModelConfig) -> None:
+    """ValueError when model.freeze names stages the arch does not have (timm models: known only once built;
+    bench.config checks the torchvision and CIFAR ResNets itself). Called as a study file loads."""
+    names = stage_names(cfg.arch)  # None: the model does not build on the meta device; checked at build
+    if cfg.freeze.startswith("stem") and names is not None:
+        frozen_stages(cfg.freeze, names, cfg.arch)
 
 
 def freeze_plan(backbone: nn.Module, freeze: str, arch: str = "resnet50") -> tuple[list[str], list[str]]:

@@ -222,6 +222,14 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None, g
                         src = at("defaults", *err["loc"])
                     problems.append(f"variant '{name}': " + _describe(err, err["loc"], src))
                 break
+            if cfg.model.freeze.startswith("stem") and cfg.model.arch.startswith("timm:"):
+                from bench.models import check_freeze  # torch and timm: only for a timm model's stages
+
+                try:
+                    check_freeze(cfg.model)
+                except ValueError as e:
+                    problems.append(f"variant '{name}': {e}")
+                    break
             cfg = _resolve_paths(cfg, base_dir)
             variants.append(Variant(name, seed, sets, cfg))
     if problems:
