@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import main
 from bench.report import describe, figures, load_runs, pages, references, tables
@@ -349,6 +350,7 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     page = (out / "tiny" / "report.md").read_text()
     assert "RANDOM INITIALISATION" in page and r"baseline \[random init\]" in page  # escaped: shown literally
+    assert "- **Hardware:** CPU " in page and "GPU none" in page and "sklearn digits" in page
     assert main(["compare", "lr=0.01", "baseline", "--results", str(results)]) == 0
     printed = capsys.readouterr().out
     spec = json.loads((results / "studies" / "tiny.json").read_text())
@@ -356,6 +358,8 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
     for v in spec["variants"]:
         m = json.loads((results / "runs" / v["run_id"] / "metrics.json").read_text())
         accs.setdefault(v["name"], []).append(m["test"]["accuracy"])
+        assert m["hardware"]["gpu"] == "none" and m["hardware"]["cpu"]  # where the run's numbers came from
+        assert m["hardware"]["isa"].startswith(torch.backends.cpu.get_cpu_capability())
     for name in ("lr=0.01", "baseline"):
         assert f"{100 * np.mean(accs[name]):.2f}" in printed
     assert "paired t over seeds" in printed and "McNemar" in printed and "60 test images" in printed
