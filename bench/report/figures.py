@@ -82,7 +82,7 @@ def compute_points(study: StudyRuns) -> pd.DataFrame:
             continue
         try:
             tmacs = float(np.mean([estimate_tflops(RunConfig.model_validate(r.config or {})) for r in runs]))
-        except (ValueError, KeyError):  # an old or foreign record: no estimate, the caption names it
+        except (ValueError, KeyError, TypeError, RuntimeError):  # an old or foreign record: the caption names it
             continue
         acc_mean, acc_std = mean_std([value(r, TEST_ACC) for r in runs])
         points.append(
@@ -316,7 +316,7 @@ def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: se
         ax.invert_xaxis()  # better ImageNet models to the right
         xlabel, title = "He et al. (2016) ImageNet top-1 error, 10-crop (%)", "ImageNet-pretrained depths, transferred"
     else:
-        xlabel, title = "layers", "random-init backbones of each depth (no ImageNet weights)"
+        xlabel, title = "layers", "random-init backbones by depth, no ImageNet weights"
     ax.set(
         xlabel=xlabel,
         ylabel=plain(f"{data} test accuracy (%)"),
@@ -325,9 +325,10 @@ def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: se
     ax.grid(alpha=0.3)
     save(fig, stem, formats)
     if not against_error:
+        archs = ", ".join(dict.fromkeys(plain(r["arch"]) for r in random))
         return (
             f"{data} test accuracy of each depth (mean ± std over seeds) against its number of layers. Every "
-            f"backbone here is RANDOM INIT ({', '.join(plain(r['arch']) for r in random)}): no ImageNet weights "
+            f"backbone here is RANDOM INIT ({archs}): no ImageNet weights "
             "were loaded, so this is not transfer, and the paper's ImageNet errors (depth table) do not describe "
             f"these backbones. Weights and data: {what}."
         )
