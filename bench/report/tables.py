@@ -167,7 +167,8 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
         f"variant is paired with seed s of the baseline (same split, same test images). Δ is the mean "
         "of the per-seed differences; its interval is a Student t interval over the seeds whose standard "
         "error adds the test-set noise that all seeds share, so it covers training (seed) variance and "
-        "test-set sampling. p: two-sided paired t-test over seeds; p (Holm): adjusted by Holm's step-down "
+        "test-set sampling, and is never below what the test images alone imply. p: two-sided paired t-test "
+        "over seeds; p (Holm): adjusted by Holm's step-down "
         f"method for the {tested} seed-level comparisons in this table. Bold: Holm-adjusted p < 0.05. "
         "Per-seed McNemar p-values are shown for reference only; the verdict never rests on them."
     )
