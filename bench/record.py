@@ -102,6 +102,9 @@ class RunMetrics(Record):
     device: str = "?"
     precision: str = "?"
     versions: dict[str, str] = Field(default_factory=dict)
+    # cpu (model name), isa (what torch dispatches to, and the CPU's vector flags), gpu (model or none):
+    # the same run id can give other numbers on another processor. Empty in records that predate it.
+    hardware: dict[str, str] = Field(default_factory=dict)
 
     def dump(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)

@@ -271,6 +271,7 @@ def _train_and_record(
         device=device_name(device),
         precision=outcome.precision,
         versions=versions(),
+        hardware=hardware(device),
     )
     if sum(p.numel() for p in outcome.model.parameters()) <= record.KEEP_WEIGHTS_MAX:
         _keep_weights(store.weights(v.run_id), outcome.model)
@@ -298,3 +299,24 @@ def versions() -> dict:
         "timm": timm.__version__,
         "scikit-learn": sklearn.__version__,
     }
+
+
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "asimd", "sve")
+
+
+def hardware(device: torch.device) -> dict[str, str]:
+    """The processor a run's numbers came from: kernels (and so the last digits) differ between CPUs and GPUs."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux: the model name and the instruction-set flags
+            info = f.read()
+        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+        words = next(
+            (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith(("flags", "Features"))), []
+        )
+        cpu, flags = (names[0] if names else cpu), [f for f in VECTOR_FLAGS if f in words]
+    except OSError:
+        pass
+    isa = torch.backends.cpu.get_cpu_capability() + (f" ({' '.join(flags)})" if flags else "")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    return {"cpu": cpu, "isa": isa, "gpu": gpu}

@@ -7,9 +7,10 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import main
-from bench.report import describe, load_runs, references, tables
+from bench.report import describe, figures, load_runs, pages, references, tables
 from bench.stats import mcnemar_exact
 from tests import helpers
 from tests.helpers import TINY, write_manifest
@@ -84,13 +85,14 @@ def test_report_tables_match_the_stored_metrics(store, tmp_path, capsys):
         ms = metrics_of(store, [f"{stem}-{s}" for s in range(3)])
         acc = 100 * np.array([m["test"]["accuracy"] for m in ms])
         f1 = 100 * np.array([m["test"]["f1_macro"] for m in ms])
-        expected = f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}"
-        assert row["test acc (%)"] == (f"**{expected}**" if best else expected)
-        assert row["F1 (%)"].strip("*") == f"{f1.mean():.2f} ± {f1.std(ddof=1):.2f}"
-        assert row["runs"] == "3 done"
+        val = 100 * np.array([m["best_val_acc"] for m in ms])
+        assert row["test acc (%)"] == f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}"  # never ranked on test
+        assert row["F1 (%)"] == f"{f1.mean():.2f} ± {f1.std(ddof=1):.2f}"
+        expected = f"{val.mean():.2f} ± {val.std(ddof=1):.2f}"
+        assert row["val acc (%)"] == (f"**{expected}**" if best else expected)  # chosen on validation, clear lead
+        assert row["runs"] == "3 done" and row["chosen on val from"] == "2 epochs"
     assert dict(zip(header, md_row(results, "freeze=none")))["what differs from the baseline"] == "model.freeze=none"
-    # the fastest variant's time is the bold one
-    assert dict(zip(header, md_row(results, "baseline")))["train time (s)"].startswith("**")
+    assert results.count("**") == 2  # one cell: nothing else is ranked
     # failed, pending and damaged variants are listed, not dropped
     assert md_row(results, "diverges")[3] == "failed: diverged: loss is nan at epoch 1"
     assert md_row(results, "later")[3] == "1 pending"
@@ -142,6 +144,28 @@ def test_a_single_seed_is_never_marked_significant(tmp_path):
     assert "test-set noise only" in table.notes[0]
 
 
+def test_a_one_seed_variant_is_set_against_the_baseline_seed_mean(tmp_path):
+    root = tmp_path / "results"
+    labels = np.zeros(2000, dtype=int)
+    for seed, p in enumerate((0.60, 0.50, 0.52)):  # seed 0 is the baseline's luckiest
+        write_run(root, f"b-{seed}", "baseline", seed, p, labels=labels)
+    write_run(root, "v-0", "one-seed", 0, 0.56, labels=labels)
+    runs = [("baseline", s, f"b-{s}", {}) for s in range(3)] + [("one-seed", 0, "v-0", {"train.lr": 1})]
+    write_manifest(root, "one-vs-three", runs)
+    study = load_runs(root, "one-vs-three")
+    table = tables.effects_table(study, "baseline")
+    row = dict(zip(table.columns, table.rows[0]))
+    acc = lambda run_id: json.loads((root / "runs" / run_id / "metrics.json").read_text())["test"]["accuracy"]  # noqa: E731
+    mean_b = np.mean([acc(f"b-{s}") for s in range(3)])
+    assert row["seeds paired"] == "1 vs 3 (seed mean)"
+    assert row["Δ test acc (points)"] == f"{100 * (acc('v-0') - mean_b):+.2f}"  # not against seed 0's 60%
+    assert row["95% CI (points)"].endswith("‡") and row["p"] == "—" and not table.bold
+    low, high = (float(x) for x in row["95% CI (points)"].rstrip(" ‡").split(" to "))
+    assert high - low > 2 * 4.3 * np.std([acc(f"b-{s}") for s in range(3)], ddof=1) * 100  # the seed spread, t(2)
+    assert "mean of the baseline's seeds" in table.notes[0] and len(table.rows[0][7].split(";")) == 3
+    assert r"\ddag{}" in table.latex()
+
+
 def test_per_class_table_and_references_use_the_variants_best_on_validation(store):
     study = load_runs(store, "ablations")
     assert describe.best_variant(study) == "freeze=none"
@@ -160,8 +184,8 @@ def test_per_class_table_and_references_use_the_variants_best_on_validation(stor
     assert r50[col["error (%)"]] == "22.85 top-1 / 6.71 top-5" and r50[col["where"]] == "Table 3, p. 775"
     ours = [r for r in refs.rows if r[0] == "this study"]
     assert [r[1] for r in ours] == [
-        "best frozen (by validation accuracy): baseline",
-        "best fine-tuned (by validation accuracy): freeze=none",
+        "frozen, chosen on validation (best by 10.00 points): baseline",  # validation: 80% against lr=0.01's 70%
+        "fine-tuned, chosen on validation (best): freeze=none",  # the only one of its kind
     ]
     assert [r[col["vs the lab's recipe"]] for r in ours] == ["the lab's recipe", "model.freeze=none"]
 
@@ -178,6 +202,53 @@ def test_selection_uses_validation_even_when_test_disagrees(tmp_path):
     study = load_runs(root, "sel")
     assert describe.best_variant(study) == "best-on-val"
     assert describe.best_by_kind(study) == {"frozen": "best-on-val"}
+    table = tables.results_table(study, "baseline")
+    i = [r[0] for r in table.rows].index("best-on-val")
+    assert table.bold == {(i, table.columns.index("val acc (%)"))} and "bold: 'best-on-val'" in table.caption
+
+
+def set_metrics(root, run_id, **values):
+    m = json.loads((root / "runs" / run_id / "metrics.json").read_text())
+    m.update(values)
+    (root / "runs" / run_id / "metrics.json").write_text(json.dumps(m))
+
+
+def set_config(root, run_id, section, **values):
+    m = json.loads((root / "runs" / run_id / "config.json").read_text())
+    m["config"].setdefault(section, {}).update(values)
+    (root / "runs" / run_id / "config.json").write_text(json.dumps(m))
+
+
+def test_a_validation_lead_within_the_noise_is_not_called_best(tmp_path):
+    root = tmp_path / "results"
+    for name, val in (("baseline", 0.800), ("a", 0.805), ("b", 0.70)):
+        write_run(root, f"{name}-0", name, 0, 0.8)
+        set_metrics(root, f"{name}-0", best_val_acc=val)  # 5,000 validation images: ±1.11 points at 80%
+    write_manifest(root, "close", [(n, 0, f"{n}-0", {}) for n in ("baseline", "a", "b")])
+    study = load_runs(root, "close")
+    choice = describe.choose(study, study.variants)
+    assert (choice.variant, choice.runner_up) == ("a", "baseline") and choice.lead == pytest.approx(0.5)
+    assert choice.noise == pytest.approx(100 * 1.96 * np.sqrt(0.805 * 0.195 / 5000)) and not choice.clear
+    table = tables.results_table(study, "baseline")
+    assert not table.bold and "nothing in bold" in table.caption and "within the ±1.10 noise" in table.caption
+    ours = next(r for r in references.references_table(study).rows if r[0] == "this study")
+    assert ours[1].startswith("frozen, chosen on validation (highest (by 0.50 points over baseline, within the ±1.10")
+    assert "best" not in ours[1]
+
+
+def test_probe_rows_count_their_settings_as_candidates(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "b-0", "baseline", 0, 0.8)
+    write_run(root, "k-0", "knn", 0, 0.8)
+    write_run(root, "l-0", "last", 0, 0.8)
+    set_config(root, "k-0", "model", head={"kind": "knn"})
+    set_metrics(root, "k-0", epochs=33)  # 32 (k, T) settings, then the selected one
+    set_config(root, "l-0", "train", select="last")
+    write_manifest(root, "probes", [(n, 0, f"{n[0]}-0", {}) for n in ("baseline", "knn", "last")])
+    table = tables.results_table(load_runs(root, "probes"), "baseline")
+    col = table.columns.index("chosen on val from")
+    assert [r[col] for r in table.rows] == ["2 epochs", "32 settings", "1 (last epoch)"]
+    assert "epochs" not in table.columns
 
 
 def test_rows_say_how_the_recipe_differs_from_the_labs():
@@ -214,6 +285,10 @@ def test_report_page_links_figures_and_states_provenance(store, tmp_path):
     for link in links:
         assert (out / "ablations" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "`bench run ablations.yaml`" in page and "CIFAR-10 (test fixture)" in page and "CPU (test)" in page
+    assert "- **Hardware:** not recorded" in page  # records from before the hardware was recorded still read
+    for name in ("confusion", "learning_curves", "accuracy_vs_time"):  # each caption: weights and data
+        caption = page.split(f"figures/{name}.png)", 1)[1].split("##", 1)[0]
+        assert r"Weights and data: pretrained (torchvision:IMAGENET1K\_V1); CIFAR-10." in caption
     assert "Per-class test metrics of 'lr=0.01'" in page
     assert "RANDOM INITIALISATION" not in page  # every run here is pretrained
     assert not list(out.rglob("*.tex")) and not list(out.rglob("*.pdf"))  # --format md only
@@ -275,6 +350,7 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     page = (out / "tiny" / "report.md").read_text()
     assert "RANDOM INITIALISATION" in page and r"baseline \[random init\]" in page  # escaped: shown literally
+    assert "- **Hardware:** CPU " in page and "GPU none" in page and "sklearn digits" in page
     assert main(["compare", "lr=0.01", "baseline", "--results", str(results)]) == 0
     printed = capsys.readouterr().out
     spec = json.loads((results / "studies" / "tiny.json").read_text())
@@ -282,6 +358,8 @@ def test_real_pipeline_report_and_compare(write_study, tmp_path, capsys):
     for v in spec["variants"]:
         m = json.loads((results / "runs" / v["run_id"] / "metrics.json").read_text())
         accs.setdefault(v["name"], []).append(m["test"]["accuracy"])
+        assert m["hardware"]["gpu"] == "none" and m["hardware"]["cpu"]  # where the run's numbers came from
+        assert m["hardware"]["isa"].startswith(torch.backends.cpu.get_cpu_capability())
     for name in ("lr=0.01", "baseline"):
         assert f"{100 * np.mean(accs[name]):.2f}" in printed
     assert "paired t over seeds" in printed and "McNemar" in printed and "60 test images" in printed
@@ -319,5 +397,45 @@ def test_the_depth_axis_gets_its_table_and_figure(tmp_path):
     out = tmp_path / "reports"
     assert main(["report", "--results", str(root), "--out", str(out), "--format", "md"]) == 0
     page = (out / "depth" / "report.md").read_text()
-    assert "## Depth against transfer" in page and "figures/depth.png" in page
+    assert "## Accuracy against depth" in page and "figures/depth.png" in page
     assert (out / "depth" / "figures" / "depth.png").read_bytes()[:4] == b"\x89PNG"
+    assert "CIFAR-10 test acc (%)" in table.columns and "against the ImageNet top-1 error" in page
+    for run_id in ("resnet50-0", "resnet50-1", "resnet18-0", "resnet18-1"):  # the same study, random init
+        set_config(root, run_id, "model", weights="none")
+        set_config(root, run_id, "data", source="cifar100")
+        set_metrics(root, run_id, pretrained=False, weights="random init (no pretraining)")
+    assert main(["report", "--results", str(root), "--out", str(out), "--format", "md"]) == 0
+    page = (out / "depth" / "report.md").read_text()
+    caption = page.split("figures/depth.png)", 1)[1]
+    assert "against its number of layers" in caption and "RANDOM INIT (resnet50, resnet18)" in caption
+    assert "not transfer" in caption and "ImageNet top-1 error He" not in caption
+    assert "CIFAR-100 test acc (%)" in page and "CIFAR-10 test acc" not in page
+
+
+def test_the_compute_frontier_is_chosen_on_validation():
+    points = pd.DataFrame(
+        {
+            "variant": ["cheap", "lucky-on-test", "dear", "dearer"],
+            "tmacs": [1.0, 2.0, 3.0, 4.0],
+            "acc": [50.0, 70.0, 60.0, 55.0],  # test
+            "val": [50.0, 49.0, 62.0, 61.0],
+        }
+    )
+    assert figures.cheapest_on_validation(points) == ["cheap", "dear"]
+
+
+def test_made_with_names_the_weights_and_the_data_sets_title(store, tmp_path):
+    assert describe.made_with(load_runs(store, "ablations")) == "pretrained (torchvision:IMAGENET1K_V1); CIFAR-10"
+    root = tmp_path / "results"
+    write_run(root, "f-0", "baseline", 0, 0.8, weights="none")
+    set_config(root, "f-0", "data", source="folder")
+    set_metrics(root, "f-0", dataset="image folder /data/cifar10-jpeg.tar.gz")
+    write_manifest(root, "folder", [("baseline", 0, "f-0", {})])
+    made = describe.made_with(load_runs(root, "folder"))
+    assert made == "random init (no pretraining); image folder /data/cifar10-jpeg.tar.gz"
+
+
+def test_provenance_shows_each_runs_hardware(store):
+    set_metrics(store, "baseline-0", hardware={"cpu": "AMD EPYC", "isa": "AVX512 (avx2 avx512f)", "gpu": "none"})
+    got = dict(pages.provenance(load_runs(store, "ablations")))["Hardware"]
+    assert got.startswith("not recorded (") and "CPU AMD EPYC (AVX512 (avx2 avx512f)), GPU none (1 run)" in got

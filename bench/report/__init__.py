@@ -2,10 +2,10 @@
 
 runs.py        the store's runs read back, damaged ones named (and `verify`)
 format.py      metric columns, number formats, the markdown/LaTeX table renderer
-describe.py    what differs (from the baseline, from the lab), labels, choices on validation
+describe.py    what differs (from the baseline, from the lab), labels, choices on validation, weights and data
 tables.py      results, ablation effects (seed-level statistics), per-class tables
 references.py  He et al. (2016) and the lab report beside the study's best variants
-figures.py     confusion matrix, learning curves, accuracy against time
+figures.py     confusion matrix, learning curves, accuracy against compute, data size, depth
 pages.py       report.md and report.tex with provenance
 build.py       `bench report` and `bench compare`
 """

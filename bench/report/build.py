@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import stats
 from bench.files import atomic_write
-from bench.report.describe import best_variant, status
+from bench.report.describe import best_variant, data_title, made_with, status
 from bench.report.figures import EXTENSIONS, depth_figure, make_figures
 from bench.report.pages import page_latex, page_markdown
 from bench.report.paper import figure6, reproduction_table
@@ -83,7 +83,10 @@ def write_report(
     if reproduction:
         captions.update(figure6(study, out / "figures", formats))
     if depth:
-        captions["depth"] = depth_figure(depth_rows(study, baseline), out / "figures" / "depth", formats)
+        rows = depth_rows(study, baseline)
+        arms = [r["variant"] for r in rows]
+        data = " / ".join(dict.fromkeys(data_title(r) for v in arms for r in study.done(v)))
+        captions["depth"] = depth_figure(rows, made_with(study, arms), data, out / "figures" / "depth", formats)
     if not variant:
         warnings.append(f"study {study.name}: no finished run yet; only the status table is reported")
 

@@ -3,6 +3,8 @@ the lab's recipe, run status, random-init labels, and the variants chosen on val
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -11,7 +13,7 @@ import yaml
 
 from bench.data.catalog import OFFICIAL
 from bench.report.format import VAL_ACC, mean_of
-from bench.report.runs import StudyRuns
+from bench.report.runs import Run, StudyRuns
 from bench.util import flatten, fmt_value
 
 
@@ -127,22 +129,92 @@ def cache_note(study: StudyRuns) -> str | None:
 # ---- chosen on validation, never on test ---------------------------------------------------------
 
 
-def best_by_kind(study: StudyRuns) -> dict[str, str]:
+@dataclass(frozen=True)
+class Choice:
+    variant: str  # the best mean validation accuracy among the candidates
+    runner_up: str | None
+    lead: float | None  # points of validation accuracy over the runner-up
+    noise: float  # 1.96 binomial standard errors of one validation accuracy, in points (NaN: unknown)
+
+    @property
+    def clear(self) -> bool:
+        """Best by more than the noise of one validation accuracy (or the only candidate)."""
+        return self.lead is None or self.lead > self.noise
+
+
+def val_noise(runs: list[Run]) -> float:
+    """Half-width (points) of a 95% binomial interval of one validation accuracy: a lead within it is noise."""
+    n_val, acc = runs[0].metrics.n_val, mean_of(runs, VAL_ACC) / 100
+    return 100 * 1.96 * math.sqrt(acc * (1 - acc) / n_val) if n_val else float("nan")
+
+
+def choose(study: StudyRuns, variants: list[str]) -> Choice | None:
+    """The variant with the best mean validation accuracy among `variants` that finished, and its lead."""
+    scored = sorted(((mean_of(study.done(v), VAL_ACC), v) for v in variants if study.done(v)), reverse=True)
+    if not scored:
+        return None
+    (best, v), rest = scored[0], scored[1:]
+    lead, runner_up = (best - rest[0][0], rest[0][1]) if rest else (None, None)
+    return Choice(v, runner_up, lead, val_noise(study.done(v)))
+
+
+def choice_words(c: Choice) -> str:
+    """'best', or why not: what a reader may say about the variant chosen on validation."""
+    if c.clear:
+        return "best" + (f" by {c.lead:.2f} points" if c.lead is not None else "")
+    return f"highest (by {c.lead:.2f} points over {c.runner_up}, within the ±{c.noise:.2f} noise of one accuracy)"
+
+
+def kind_of(study: StudyRuns, variant: str) -> str:
+    """frozen backbone, fine-tuned or from scratch."""
+    freeze = (study.done(variant)[0].config or {}).get("model", {}).get("freeze", "backbone")
+    return "frozen" if freeze == "backbone" else "from scratch" if is_random_init(study, variant) else "fine-tuned"
+
+
+def choices_by_kind(study: StudyRuns) -> dict[str, Choice]:
     """The variant with the best mean validation accuracy per kind: frozen backbone, fine-tuned, from scratch."""
-    best: dict[str, tuple[float, str]] = {}
-    for v in study.variants:
-        runs = study.done(v)
-        if not runs:
-            continue
-        freeze = (runs[0].config or {}).get("model", {}).get("freeze", "backbone")
-        kind = "frozen" if freeze == "backbone" else "from scratch" if is_random_init(study, v) else "fine-tuned"
-        acc = mean_of(runs, VAL_ACC)
-        if kind not in best or acc > best[kind][0]:
-            best[kind] = (acc, v)
-    return {k: best[k][1] for k in ("frozen", "fine-tuned", "from scratch") if k in best}
+    kinds = {v: kind_of(study, v) for v in study.variants if study.done(v)}
+    out = {k: choose(study, [v for v in kinds if kinds[v] == k]) for k in ("frozen", "fine-tuned", "from scratch")}
+    return {k: c for k, c in out.items() if c}
+
+
+def best_by_kind(study: StudyRuns) -> dict[str, str]:
+    return {k: c.variant for k, c in choices_by_kind(study).items()}
 
 
 def best_variant(study: StudyRuns) -> str | None:
     """The variant with the best mean validation accuracy (the default for the per-class views)."""
-    scored = [(mean_of(study.done(v), VAL_ACC), v) for v in study.variants if study.done(v)]
-    return max(scored)[1] if scored else None
+    c = choose(study, study.variants)
+    return c.variant if c else None
+
+
+def candidates(run: Run) -> str:
+    """What the tested model was chosen from on validation: '5 epochs', '12 settings', '1 (last epoch)'."""
+    cfg = run.config or {}
+    if cfg.get("model", {}).get("head", {}).get("kind", "mlp") != "mlp":  # a probe: one history row per setting
+        n = run.metrics.epochs - 1  # and one for the refitted, selected model
+        if run.history is not None and "selected" in run.history:
+            n = int((~run.history["selected"].astype(bool)).sum())
+        return f"{n} settings"
+    if cfg.get("train", {}).get("select", "best") == "last":
+        return "1 (last epoch)"
+    return f"{run.metrics.epochs} epochs"
+
+
+# ---- what made the numbers: weights and data ------------------------------------------------------
+
+
+def data_title(run: Run) -> str:
+    """The data set's title (data/catalog.py), or for other sources what the run recorded about its images."""
+    source = (run.config or {}).get("data", {}).get("source")
+    if source in OFFICIAL:
+        return OFFICIAL[source].title
+    return "sklearn digits" if source == "digits" else run.metrics.dataset
+
+
+def made_with(study: StudyRuns, variants: list[str] | None = None) -> str:
+    """'random init (no pretraining); CIFAR-10': the weights and data of the finished runs of `variants`."""
+    runs = [r for v in (study.variants if variants is None else variants) for r in study.done(v)]
+    weights = list(dict.fromkeys(r.metrics.weights for r in runs))
+    data = list(dict.fromkeys(data_title(r) for r in runs))
+    return "; ".join([" / ".join(weights) or "?", " / ".join(data) or "?"])

@@ -49,6 +49,7 @@ def runs_table(root: Path, study: str | None = None) -> pd.DataFrame:
             if run.metrics is not None:
                 row.update({f"test_{k}": getattr(run.metrics.test, k) for k in METRIC_COLUMNS})
                 row.update({k: getattr(run.metrics, k) for k in RUN_COLUMNS})
+                row.update({f"hardware.{k}": v for k, v in run.metrics.hardware.items()})
             row.update({f"fingerprint.{k}": v for k, v in run.fingerprints.items()})
             row.update({f"code.{k}": v for k, v in run.code.items()})
             rows.append(row)

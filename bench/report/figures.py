@@ -7,6 +7,7 @@ leaks global state between reports.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from bench.files import atomic_save
-from bench.report.describe import cache_note, is_random_init
-from bench.report.format import TEST_ACC, mean_std, value
+from bench.report.describe import is_random_init, made_with
+from bench.report.format import TEST_ACC, VAL_ACC, mean_of, mean_std, value
 from bench.report.runs import StudyRuns
 from bench.util import flatten, fmt_value
 
@@ -27,15 +28,17 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -> dict[str, str]:
-    """Write the three figures; returns {figure name: caption}."""
+    """Write the confusion matrix, learning curves, accuracy against compute and data-size figures; returns
+    {figure name: caption}. Every title and caption says what weights and data made it."""
     made = {}
     runs = study.done(variant)
     matrix = np.sum([r.metrics.test.confusion_matrix for r in runs], axis=0)
     classes = [c.class_ for c in runs[0].metrics.test.per_class]
-    confusion(matrix, classes, f"{variant}: test confusion matrix", out / "confusion", formats)
+    what = made_with(study, [variant])
+    confusion(matrix, classes, f"{variant}: test confusion matrix\n{what}", out / "confusion", formats)
     made["confusion"] = (
         f"Confusion matrix of '{variant}' on the test set, normalised per true class "
-        f"(rows sum to 1; {len(runs)} seed(s) pooled)."
+        f"(rows sum to 1; {len(runs)} seed(s) pooled). Weights and data: {what}."
     )
     curves = {}
     for v in study.variants:
@@ -44,30 +47,55 @@ def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -
         if histories:
             curves[v] = pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
     if curves:
-        learning_curves(curves, out / "learning_curves", formats)
-        made["learning_curves"] = "Learning curves: loss and accuracy per epoch, mean over each variant's seeds."
-    points = []
-    for v in study.variants:
-        if runs := study.done(v):
-            acc_mean, acc_std = mean_std([value(r, TEST_ACC) for r in runs])
-            points.append(
-                {
-                    "variant": v,
-                    "seconds": np.mean([r.metrics.train_seconds for r in runs]),
-                    "acc": acc_mean,
-                    "acc_std": acc_std,
-                    "pretrained": not is_random_init(study, v),
-                }
-            )
-    accuracy_vs_time(pd.DataFrame(points), out / "accuracy_vs_time", formats)
-    made["accuracy_vs_time"] = (
-        "Test accuracy against training time per run; the grey line joins the "
-        "recipes that no faster recipe beats. " + (cache_note(study) or "")
-    ).strip()
+        what = made_with(study, list(curves))
+        learning_curves(curves, what, out / "learning_curves", formats)
+        made["learning_curves"] = (
+            f"Learning curves: loss and accuracy per epoch, mean over each variant's seeds. Weights and data: {what}."
+        )
+    points = compute_points(study)
+    if not points.empty:
+        what = made_with(study, list(points["variant"]))
+        accuracy_vs_compute(points, what, out / "accuracy_vs_time", formats)
+        left_out = [v for v in study.variants if study.done(v) and v not in set(points["variant"])]
+        made["accuracy_vs_time"] = (
+            "Test accuracy against the estimated compute of a run (bench.cost: tera multiply-adds, a frozen "
+            "backbone's pass over the images charged to every run that uses it, cached or not, so cache hits do not "
+            "make a recipe look cheap); the grey line joins the recipes that no cheaper recipe beats on mean "
+            f"validation accuracy, chosen on validation, never on test. Weights and data: {what}."
+            + (f" Left out (no compute estimate from their stored config): {', '.join(left_out)}." if left_out else "")
+        )
     sizes = data_size_points(study)
     if not sizes.empty:
-        made["data_size"] = data_size_figure(sizes, out / "data_size", formats)
+        made["data_size"] = data_size_figure(sizes, made_with(study), out / "data_size", formats)
     return made
+
+
+def compute_points(study: StudyRuns) -> pd.DataFrame:
+    """(variant, tera multiply-adds, test acc mean and std, val acc, pretrained) per variant whose compute bench.cost
+    can estimate from its stored config."""
+    from bench.config import RunConfig
+    from bench.cost import estimate_tflops
+
+    points = []
+    for v in study.variants:
+        if not (runs := study.done(v)):
+            continue
+        try:
+            tmacs = float(np.mean([estimate_tflops(RunConfig.model_validate(r.config or {})) for r in runs]))
+        except (ValueError, KeyError, TypeError, RuntimeError):  # an old or foreign record: the caption names it
+            continue
+        acc_mean, acc_std = mean_std([value(r, TEST_ACC) for r in runs])
+        points.append(
+            {
+                "variant": v,
+                "tmacs": tmacs,
+                "acc": acc_mean,
+                "acc_std": acc_std,
+                "val": mean_of(runs, VAL_ACC),
+                "pretrained": not is_random_init(study, v),
+            }
+        )
+    return pd.DataFrame(points)
 
 
 SIZE_KEYS = ("data.limit_train", "data.train_fraction")
@@ -106,7 +134,7 @@ def data_size_points(study: StudyRuns) -> pd.DataFrame:
     return frame[["recipe", "n_train", "seed", "acc"]]
 
 
-def data_size_figure(points: pd.DataFrame, stem: Path, formats: set[str]) -> str:
+def data_size_figure(points: pd.DataFrame, what: str, stem: Path, formats: set[str]) -> str:
     """Test accuracy against training images, a line per recipe (mean over seeds), a band from the lowest to
     the highest seed; returns the caption."""
     fig = new_figure(8, 5.5)
@@ -119,7 +147,8 @@ def data_size_figure(points: pd.DataFrame, stem: Path, formats: set[str]) -> str
         )
         ax.fill_between(mean.index, low.values, high.values, color=f"C{i % 10}", alpha=0.2, lw=0)
     ax.set_xscale("log")
-    ax.set(xlabel="training images (log scale)", ylabel="test accuracy (%)", title="would more data help?")
+    title = plain(f"would more data help?\n{what}")
+    ax.set(xlabel="training images (log scale)", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     save(fig, stem, formats)
@@ -127,7 +156,7 @@ def data_size_figure(points: pd.DataFrame, stem: Path, formats: set[str]) -> str
     return (
         "Test accuracy against the number of training images (stratified subsets, each inside the next; the same "
         "validation and test images throughout): one line per recipe, the mean over its seeds, the band from the "
-        f"lowest to the highest seed ({seeds.min()}-{seeds.max()} seeds a point)."
+        f"lowest to the highest seed ({seeds.min()}-{seeds.max()} seeds a point). Weights and data: {what}."
     )
 
 
@@ -177,9 +206,10 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str, stem: Path, fo
     return save(fig, stem, formats)
 
 
-def learning_curves(curves: dict[str, pd.DataFrame], stem: Path, formats: set[str]) -> list[Path]:
+def learning_curves(curves: dict[str, pd.DataFrame], what: str, stem: Path, formats: set[str]) -> list[Path]:
     """Train/val loss and accuracy per epoch, one line per variant (mean over its seeds)."""
     fig = new_figure(11, 7.5)
+    fig.suptitle(plain(what))
     axes = fig.subplots(2, 2, sharex=True)
     panels = [
         ("train_loss", "train loss"),
@@ -209,20 +239,26 @@ def learning_curves(curves: dict[str, pd.DataFrame], stem: Path, formats: set[st
     return save(fig, stem, formats)
 
 
-def accuracy_vs_time(points: pd.DataFrame, stem: Path, formats: set[str]) -> list[Path]:
-    """Test accuracy against training time per variant; the line joins the recipes that no
-    faster recipe beats (which recipe buys accuracy cheapest).
+def cheapest_on_validation(points: pd.DataFrame) -> list[str]:
+    """The variants no cheaper one beats on mean validation accuracy, cheapest first (the test set plays no part)."""
+    points = points.sort_values(["tmacs", "val"], ascending=[True, False])
+    return list(points[points["val"] > points["val"].cummax().shift(fill_value=-np.inf)]["variant"])
 
-    points: variant, seconds, acc, acc_std (percent), pretrained
+
+def accuracy_vs_compute(points: pd.DataFrame, what: str, stem: Path, formats: set[str]) -> list[Path]:
+    """Test accuracy against estimated compute per variant; the line joins the recipes that no cheaper
+    recipe beats on validation accuracy (which recipe buys accuracy cheapest, chosen without the test set).
+
+    points: variant, tmacs, acc, acc_std (percent), val (percent), pretrained
     """
-    points = points.sort_values("seconds")
+    points = points.sort_values(["tmacs", "val"], ascending=[True, False])  # the order the step line is drawn in
     fig = new_figure(8, 5.5)
     ax = fig.add_subplot()
     for pretrained, marker in ((True, "o"), (False, "s")):
         sel = points[points["pretrained"] == pretrained]
         if len(sel):
             ax.errorbar(
-                sel["seconds"],
+                sel["tmacs"],
                 sel["acc"],
                 yerr=sel["acc_std"].fillna(0),
                 fmt=marker,
@@ -231,66 +267,75 @@ def accuracy_vs_time(points: pd.DataFrame, stem: Path, formats: set[str]) -> lis
                 color="C0" if pretrained else "C3",
                 label="ImageNet-pretrained" if pretrained else "random init",
             )
-    frontier = points[points["acc"] >= points["acc"].cummax()]
+    frontier = points[points["variant"].isin(cheapest_on_validation(points))]
     ax.step(
-        frontier["seconds"],
+        frontier["tmacs"],
         frontier["acc"],
         where="post",
         color="0.5",
         linewidth=1,
         zorder=0,
-        label="best accuracy for the time",
+        label="best validation accuracy for the compute",
     )
     for _, p in points.iterrows():
-        ax.annotate(
-            plain(p["variant"]), (p["seconds"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7
-        )
-    positive = points["seconds"][points["seconds"] > 0]
+        ax.annotate(plain(p["variant"]), (p["tmacs"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    positive = points["tmacs"][points["tmacs"] > 0]
     if len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")
     ax.set(
-        xlabel="training time per run (s)",
+        xlabel="estimated compute per run (tera multiply-adds)",
         ylabel="test accuracy (%)",
-        title="test accuracy against training time (mean ± std over seeds)",
+        title=plain(f"test accuracy against compute (mean ± std over seeds)\n{what}"),
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save(fig, stem, formats)
 
 
-def depth_figure(rows: list[dict], stem: Path, formats: set[str]) -> str:
-    """CIFAR-10 transfer accuracy against the paper's ImageNet top-1 error, one point per depth; returns the caption."""
+def layers(arch: str) -> int | None:
+    """resnet50 -> 50; None when the name carries no depth."""
+    digits = re.findall(r"\d+", arch.rpartition(":")[2])
+    return int(digits[-1]) if digits else None
+
+
+def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: set[str]) -> str:
+    """Test accuracy on the study's data per depth, one point per depth; returns the caption. Pretrained
+    backbones: against the paper's ImageNet top-1 error for that depth. All random init: against depth,
+    since no ImageNet weights were loaded and their error would say nothing about these backbones."""
+    pretrained = [r for r in rows if r["weights"] != "none" and r["paper_top1_error"] is not None]
+    random = [r for r in rows if r["weights"] == "none"]
+    against_error = bool(pretrained)
+    shown = pretrained if against_error else [r for r in random if layers(r["arch"])]
     fig = new_figure(7, 5)
     ax = fig.add_subplot()
-    for r in (r for r in rows if r["paper_top1_error"] is not None):
-        acc = np.asarray(r["acc"])
-        ax.errorbar(
-            r["paper_top1_error"],
-            acc.mean(),
-            yerr=acc.std(ddof=1) if len(acc) > 1 else 0,
-            fmt="o",
-            capsize=3,
-            color="C0",
-        )
-        ax.annotate(
-            plain(r["arch"]), (r["paper_top1_error"], acc.mean()), xytext=(4, 3), textcoords="offset points", fontsize=8
-        )
-    ax.invert_xaxis()  # better ImageNet models to the right
+    for r in shown:
+        acc, x = np.asarray(r["acc"]), r["paper_top1_error"] if against_error else layers(r["arch"])
+        ax.errorbar(x, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else 0, fmt="o", capsize=3, color="C0")
+        ax.annotate(plain(r["arch"]), (x, acc.mean()), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    if against_error:
+        ax.invert_xaxis()  # better ImageNet models to the right
+        xlabel, title = "He et al. (2016) ImageNet top-1 error, 10-crop (%)", "ImageNet-pretrained depths, transferred"
+    else:
+        xlabel, title = "layers", "random-init backbones by depth, no ImageNet weights"
     ax.set(
-        xlabel="He et al. (2016) ImageNet top-1 error, 10-crop (%)",
-        ylabel="CIFAR-10 test accuracy (%)",
-        title="deeper ImageNet models against CIFAR-10 transfer (mean ± std over seeds)",
+        xlabel=xlabel,
+        ylabel=plain(f"{data} test accuracy (%)"),
+        title=plain(f"{title} (mean ± std over seeds)\n{what}"),
     )
     ax.grid(alpha=0.3)
     save(fig, stem, formats)
-    random = [plain(r["arch"]) for r in rows if r["weights"] == "none"]
-    return (
-        "CIFAR-10 test accuracy of each depth (mean ± std over seeds) against the ImageNet top-1 error He et "
-        "al. (2016) report for it (Tables 2 and 3); better ImageNet models to the right."
-        + (
-            f" RANDOM INIT ({', '.join(random)}): these backbones were not trained on ImageNet, so the error on "
-            "the x axis is not that of the weights used; the figure shows the layout, not transfer."
-            if random
-            else ""
+    if not against_error:
+        archs = ", ".join(dict.fromkeys(plain(r["arch"]) for r in random))
+        return (
+            f"{data} test accuracy of each depth (mean ± std over seeds) against its number of layers. Every "
+            f"backbone here is RANDOM INIT ({archs}): no ImageNet weights "
+            "were loaded, so this is not transfer, and the paper's ImageNet errors (depth table) do not describe "
+            f"these backbones. Weights and data: {what}."
         )
+    left_out = [plain(r["arch"]) for r in random]
+    return (
+        f"{data} test accuracy of each pretrained depth (mean ± std over seeds) against the ImageNet top-1 error He "
+        "et al. (2016) report for it (Tables 2 and 3); better ImageNet models to the right."
+        + (f" Left out, being random init: {', '.join(left_out)}." if left_out else "")
+        + f" Weights and data: {what}."
     )

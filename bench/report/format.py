@@ -16,19 +16,17 @@ class Metric:
     path: tuple  # where it lives in the run's RunMetrics
     scale: float  # 100 for fractions shown as percent
     decimals: int | None  # None: 3 significant digits
-    better: str | None  # "max" | "min" | None (not ranked)
 
 
-# The results table's metric columns, in order.
+# The results table's metric columns, in order (the candidates column, text, goes after val acc).
 METRICS = (
-    Metric("test acc (%)", ("test", "accuracy"), 100, 2, "max"),
-    Metric("precision (%)", ("test", "precision_macro"), 100, 2, "max"),
-    Metric("recall (%)", ("test", "recall_macro"), 100, 2, "max"),
-    Metric("F1 (%)", ("test", "f1_macro"), 100, 2, "max"),
-    Metric("val acc (%)", ("best_val_acc",), 100, 2, "max"),
-    Metric("epochs", ("epochs",), 1, 0, None),
-    Metric("train time (s)", ("train_seconds",), 1, None, "min"),
-    Metric("images/s", ("train_images_per_sec",), 1, None, "max"),
+    Metric("test acc (%)", ("test", "accuracy"), 100, 2),
+    Metric("precision (%)", ("test", "precision_macro"), 100, 2),
+    Metric("recall (%)", ("test", "recall_macro"), 100, 2),
+    Metric("F1 (%)", ("test", "f1_macro"), 100, 2),
+    Metric("val acc (%)", ("best_val_acc",), 100, 2),
+    Metric("train time (s)", ("train_seconds",), 1, None),
+    Metric("images/s", ("train_images_per_sec",), 1, None),
 )
 TEST_ACC, VAL_ACC = METRICS[0], METRICS[4]
 
@@ -132,6 +130,7 @@ TEX_ESCAPES = {
     "≥": r"$\geq$",
     "≤": r"$\leq$",
     "†": r"\dag{}",
+    "‡": r"\ddag{}",
     "[": "{[}",  # a cell starting with [ right after \\ would be read as the row's spacing argument
     "]": "{]}",
 }

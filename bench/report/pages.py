@@ -27,12 +27,20 @@ def provenance(study: StudyRuns) -> list[tuple[str, str]]:
         ("Data set", tally(lambda m: m.dataset)),
         ("Weights", tally(lambda m: m.weights)),
         ("Device", tally(lambda m: m.device)),
+        ("Hardware", tally(lambda m: hardware_words(m.hardware))),
         ("Precision", tally(lambda m: m.precision)),
         ("Software", tally(lambda m: ", ".join(f"{k} {v}" for k, v in m.versions.items()))),
         ("Data fingerprint", tally_runs(done, lambda r: r.fingerprints.get("data", "not recorded"))),
         ("Weights fingerprint", tally_runs(done, lambda r: r.fingerprints.get("weights", "not recorded"))),
         ("Code", tally_runs(done, lambda r: ", ".join(f"{k} {v}" for k, v in r.code.items()) or "not recorded")),
     ]
+
+
+def hardware_words(hardware: dict[str, str]) -> str:
+    """'CPU AMD EPYC (AVX512 (avx2 avx512f)), GPU none', or 'not recorded' for records that predate it."""
+    if not hardware:
+        return "not recorded"
+    return f"CPU {hardware.get('cpu', '?')} ({hardware.get('isa', '?')}), GPU {hardware.get('gpu', '?')}"
 
 
 def md_code(text: str) -> str:
@@ -78,13 +86,13 @@ SECTIONS = {
     "per_class": "Per class",
     "reproduction": "He et al.'s CIFAR-10 experiment reproduced (Table 6, Figure 6)",
     "references": "Against the paper and the lab report",
-    "depth": "Depth against transfer",
+    "depth": "Depth",
 }
 FIGURE_TITLES = {
     "confusion": "Confusion matrix",
     "learning_curves": "Learning curves",
-    "accuracy_vs_time": "Accuracy against training time",
-    "depth": "Depth against transfer",
+    "accuracy_vs_time": "Accuracy against compute",
+    "depth": "Accuracy against depth",
     "data_size": "Accuracy against training images",
 }
 

@@ -3,7 +3,7 @@ variants, each row with its source and how its recipe differs from the lab's."""
 
 from __future__ import annotations
 
-from bench.report.describe import best_by_kind, label, references, vs_lab
+from bench.report.describe import choice_words, choices_by_kind, data_title, label, references, vs_lab
 from bench.report.format import Table, fmt_mean_std
 from bench.report.runs import StudyRuns
 
@@ -51,7 +51,8 @@ def references_table(study: StudyRuns) -> Table:
             lab["where"] or "page not available",
         ]
     )
-    for kind, variant in best_by_kind(study).items():
+    for kind, choice in choices_by_kind(study).items():
+        variant = choice.variant
         runs = study.done(variant)
         train, val, test = (
             [100 * v for v in values]
@@ -62,7 +63,7 @@ def references_table(study: StudyRuns) -> Table:
         rows.append(
             [
                 "this study",
-                f"best {kind} (by validation accuracy): {label(study, variant)}",
+                f"{kind}, chosen on validation ({choice_words(choice)}): {label(study, variant)}",
                 vs_lab(study.config(variant)),
                 runs[0].metrics.dataset,
                 fmt_mean_std(train, 2),
@@ -82,9 +83,10 @@ def references_table(study: StudyRuns) -> Table:
     )
     notes = [
         pages + "; the lab report gives ranges.",
-        "This study: the best variant of each kind is chosen by mean validation accuracy, never by test "
-        "accuracy; train and validation accuracy at the last epoch (as Keras prints them), test accuracy of "
-        "the selected epoch; mean ± std over seeds.",
+        "This study: the variant of each kind with the highest mean validation accuracy, never chosen by test "
+        "accuracy, and called best only when it leads the next by more than the noise of one validation accuracy "
+        "(95% binomial interval); train and validation accuracy at the last epoch (as Keras prints them), test "
+        "accuracy of the selected epoch; mean ± std over seeds.",
     ]
     return Table(
         "references",
@@ -172,10 +174,11 @@ def depth_rows(study: StudyRuns, baseline: str | None) -> list[dict]:
 
 def depth_table(study: StudyRuns, baseline: str | None) -> Table | None:
     """Each depth's ImageNet error (He et al.; the loaded weights' documented accuracy) beside this
-    study's CIFAR-10 transfer accuracy; None unless the study varies model.arch."""
+    study's test accuracy on its data; None unless the study varies model.arch."""
     rows = depth_rows(study, baseline)
     if len({r["arch"] for r in rows}) < 2:
         return None
+    data = " / ".join(dict.fromkeys(data_title(r) for row in rows for r in study.done(row["variant"])))
     tables = references()["he2016"]["tables"]
     cells = []
     for r in rows:
@@ -192,10 +195,10 @@ def depth_table(study: StudyRuns, baseline: str | None) -> Table | None:
         cells.append([label(study, r["variant"]), r["arch"], paper, documented, fmt_mean_std(r["acc"], 2)])
     return Table(
         "depth",
-        "Depth against transfer: the paper's ImageNet top-1 error (10-crop) for each depth, the "
+        "Depth: the paper's ImageNet top-1 error (10-crop) for each depth, the "
         "ImageNet top-1 accuracy torchvision documents for the weights this study loaded, and this study's "
-        "CIFAR-10 test accuracy (mean ± std over seeds). " + references()["he2016"]["citation"],
-        ["variant", "arch", "He et al. top-1 error (%)", "weights' top-1 (%)", "CIFAR-10 test acc (%)"],
+        f"test accuracy on {data} (mean ± std over seeds). " + references()["he2016"]["citation"],
+        ["variant", "arch", "He et al. top-1 error (%)", "weights' top-1 (%)", f"{data} test acc (%)"],
         cells,
         align="llrrr",
         wrap={0: "3cm", 2: "4cm"},

@@ -6,38 +6,55 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.report.describe import cache_note, label, status, vs_lab, what_differs
-from bench.report.format import METRICS, Table, fmt_mean_std, fmt_p, mean_std, value
+from bench.report.describe import Choice, cache_note, candidates, choose, label, status, vs_lab, what_differs
+from bench.report.format import METRICS, VAL_ACC, Table, fmt_mean_std, fmt_p, value
 from bench.report.runs import ReportError, Run, StudyRuns
 
 
 def results_table(study: StudyRuns, baseline: str | None) -> Table:
-    columns = ["variant", "vs the lab's recipe", "what differs from the baseline", "runs"] + [m.label for m in METRICS]
-    rows, means = [], []
+    """One row per variant; the variant chosen on validation is marked, nothing is ranked on test."""
+    columns = ["variant", "vs the lab's recipe", "what differs from the baseline", "runs"]
+    columns += [m.label for m in METRICS[:5]] + ["chosen on val from"] + [m.label for m in METRICS[5:]]
+    rows = []
     for v in study.variants:
         done = study.done(v)
         row = [label(study, v), vs_lab(study.config(v)), what_differs(study, v, baseline), status(study, v)]
-        row += [fmt_mean_std([value(r, m) for r in done], m.decimals) if done else "—" for m in METRICS]
-        rows.append(row)
-        means.append([mean_std([value(r, m) for r in done])[0] if done else np.nan for m in METRICS])
+        cells = [fmt_mean_std([value(r, m) for r in done], m.decimals) if done else "—" for m in METRICS]
+        picked = ", ".join(dict.fromkeys(candidates(r) for r in done)) or "—"
+        rows.append(row + cells[:5] + [picked] + cells[5:])
+    choice = choose(study, study.variants)
     bold = set()
-    means = np.asarray(means, dtype=float).reshape(len(rows), len(METRICS))
-    for j, m in enumerate(METRICS):
-        col = means[:, j]
-        if m.better and np.isfinite(col).any():
-            best = np.nanmax(col) if m.better == "max" else np.nanmin(col)
-            bold |= {(i, 4 + j) for i in np.flatnonzero(np.isclose(col, best))}
+    if choice and choice.clear:
+        i = study.variants.index(choice.variant)
+        bold = {(i, columns.index(VAL_ACC.label))}
     return Table(
         "results",
         "Results per variant: mean ± std over its finished seeds (sample std); macro-averaged "
-        "precision, recall and F1 on the test set; validation accuracy of the tested epoch; best value per "
-        "column in bold.",
+        "precision, recall and F1 on the test set; validation accuracy of the tested epoch or probe setting, "
+        "chosen on validation from the candidates the next column counts (more candidates, more room for a "
+        f"lucky pick); no column is ranked on test; {choice_sentence(choice)}.",
         columns,
         rows,
         bold,
         notes=[n for n in [cache_note(study)] if n],
-        align="llll" + "r" * len(METRICS),
+        align="llll" + "r" * (len(METRICS) + 1),
         wrap={0: "2.6cm", 1: "3cm", 2: "3cm", 3: "2cm"},
+    )
+
+
+def choice_sentence(choice: Choice | None) -> str:
+    """What the bold in the results table means, or why there is none."""
+    if choice is None or choice.lead is None:
+        return "nothing in bold"
+    if not choice.clear:
+        return (
+            f"nothing in bold: the highest mean validation accuracy ('{choice.variant}') leads '{choice.runner_up}' "
+            f"by {choice.lead:.2f} points, within the ±{choice.noise:.2f} noise of one validation accuracy (95% "
+            "binomial interval)"
+        )
+    return (
+        f"bold: '{choice.variant}', the best mean validation accuracy by {choice.lead:.2f} points, more than the "
+        f"±{choice.noise:.2f} noise of one validation accuracy (95% binomial interval)"
     )
 
 
@@ -63,7 +80,8 @@ def check_same_test_set(a: Run, b: Run) -> str | None:
 
 def paired(study: StudyRuns, a: str, b: str, confidence: float = stats.CONFIDENCE) -> stats.Comparison:
     """Seed-paired comparison of two variants' finished runs: seed s of A against seed s of B, on
-    the same test images (ReportError when the test sets differ or no seed is shared)."""
+    the same test images; A's one seed against the mean of B's several (ReportError when the test
+    sets differ or no seed is shared)."""
     runs_a, runs_b = study.done(a), study.done(b)
     for r in runs_a[1:] + runs_b:
         if why := check_same_test_set(runs_a[0], r):
@@ -72,6 +90,8 @@ def paired(study: StudyRuns, a: str, b: str, confidence: float = stats.CONFIDENC
                 f"different test images ({why}); a paired comparison needs the same test set: "
                 "compare variants with the same data settings"
             )
+    if len(runs_a) == 1 and len(runs_b) > 1:  # not B's seed 0 alone: its seed spread belongs in the interval
+        return stats.compare(runs_a[0].correct, np.stack([r.correct for r in runs_b]), confidence, against_mean=True)
     seeds = sorted({r.seed for r in runs_a} & {r.seed for r in runs_b})
     if not seeds:
         raise ReportError(
@@ -80,6 +100,19 @@ def paired(study: StudyRuns, a: str, b: str, confidence: float = stats.CONFIDENC
         )
     by_seed = lambda runs: np.stack([next(r for r in runs if r.seed == s).correct for s in seeds])  # noqa: E731
     return stats.compare(by_seed(runs_a), by_seed(runs_b), confidence=confidence)
+
+
+NOTES = {
+    "†": "† one paired seed: the interval covers test-set noise only (no seed variance can be estimated), and "
+    "nothing is marked significant on its strength.",
+    "‡": "‡ one seed against the mean of the baseline's seeds: Δ is its accuracy minus that mean, and the interval "
+    "adds the baseline's seed spread, once for its mean and once for the variant's single seed (assumed to vary as "
+    "much); no p-value, and nothing is marked significant on its strength. Per-seed Δ: against each baseline seed.",
+}
+
+
+def mark(c: stats.Comparison) -> str:
+    return "" if c.seed_level else " ‡" if c.n_seeds_b > c.n_seeds else " †"
 
 
 def effects_table(study: StudyRuns, baseline: str) -> Table:
@@ -112,9 +145,9 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
             rows.append(
                 head
                 + [
-                    str(c.n_seeds),
+                    f"1 vs {c.n_seeds_b} (seed mean)" if c.n_seeds_b > c.n_seeds else str(c.n_seeds),
                     f"{100 * c.diff:+.2f}",
-                    f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}" + ("" if c.seed_level else " †"),
+                    f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}" + mark(c),
                     fmt_p(c.p_value),
                     "",
                     "; ".join(f"{100 * d:+.2f} ({fmt_p(p)})" for d, p in zip(c.per_seed_diff, c.mcnemar_p)),
@@ -134,18 +167,12 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
         f"variant is paired with seed s of the baseline (same split, same test images). Δ is the mean "
         "of the per-seed differences; its interval is a Student t interval over the seeds whose standard "
         "error adds the test-set noise that all seeds share, so it covers training (seed) variance and "
-        "test-set sampling. p: two-sided paired t-test over seeds; p (Holm): adjusted by Holm's step-down "
+        "test-set sampling, and is never below what the test images alone imply. p: two-sided paired t-test "
+        "over seeds; p (Holm): adjusted by Holm's step-down "
         f"method for the {tested} seed-level comparisons in this table. Bold: Holm-adjusted p < 0.05. "
         "Per-seed McNemar p-values are shown for reference only; the verdict never rests on them."
     )
-    notes = (
-        [
-            "† one paired seed: the interval covers test-set noise only (no seed variance can be estimated), and "
-            "nothing is marked significant on its strength."
-        ]
-        if any(c and not c.seed_level for c in comparisons)
-        else []
-    )
+    notes = [NOTES[m] for m in ("†", "‡") if any(c and mark(c) == f" {m}" for c in comparisons)]
     return Table(
         "effects", caption, columns, rows, bold, notes=notes, align="lllrrrrl", wrap={0: "2.6cm", 1: "3cm", 7: "4cm"}
     )
