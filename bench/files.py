@@ -39,7 +39,8 @@ _WRITER = re.compile(r"\.([^.]+)-(\d+)\.[^.]+(\.tmp)?$")
 
 def atomic_save(path: Path, write: Callable) -> None:
     """Call `write(binary file)` on a temporary file beside `path`, then rename it over `path`.
-    A full disk raises OSError(ENOSPC) naming `path`; the temporary file is always removed."""
+    A full disk raises OSError(ENOSPC) naming `path`, also when the writer wrapped it (torch.save's
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`); the temporary file is always removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
         "wb", dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp", delete=False
@@ -51,11 +52,30 @@ def atomic_save(path: Path, write: Callable) -> None:
         except BaseException as e:
             f.close()
             os.unlink(f.name)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            if _no_space(e):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
             raise
     os.chmod(f.name, 0o644)  # tempfile makes 0600 files
     os.replace(f.name, path)
+
+
+def _no_space(e: BaseException | None) -> bool:
+    """Whether `e`, or an error it was raised from or during, is a full disk."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def sweep(folder: Path) -> list[Path]:
@@ -63,7 +83,7 @@ def sweep(folder: Path) -> list[Path]:
     removed = []
     for p in Path(folder).glob(".*"):
         m = _WRITER.search(p.name)
-        if m and m.group(1) == _HOST and not _alive(int(m.group(2))):
+        if m and m.group(1) == _HOST and not alive(int(m.group(2))):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -75,7 +95,8 @@ def sweep_cache() -> list[Path]:
     return [p for folder in [root, *(d for d in root.glob("*") if d.is_dir())] for p in sweep(folder)]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import metadata
@@ -72,10 +74,50 @@ def file_sha256(path: Path) -> str:
     return _remembered("file|" + _stat_key(path), compute)
 
 
+# Names skipped in a data tree with everything under them: hidden files and folders (`.DS_Store`, macOS's `._x.png`,
+# `.ipynb_checkpoints`, `.git`) and the folder macOS zip and tar tools add; none is an image of the set.
+SKIPPED_PREFIX, SKIPPED_NAMES = ".", ("__MACOSX",)
+
+
+def skipped(name: str) -> bool:
+    return name.startswith(SKIPPED_PREFIX) or name in SKIPPED_NAMES
+
+
+def tree_entries(root: Path) -> list[Path]:
+    """Every folder and regular file under `root`, sorted: the one list the fingerprint hashes and the
+    image-folder reader reads. Skipped names (above) are left out with all they hold. A symbolic link
+    anywhere below `root`, or a special file (a FIFO, a device), raises DataError naming it.
+
+    Links are refused rather than followed: a link's target can change, loop back (`a/loop -> ..`) or lie
+    outside the tree without the tree changing, so the fingerprint and the images trained on could
+    disagree. `root` itself may be a link; a copy (`cp -rL`) or hard links give a tree without any.
+    """
+    from bench.data import DataError
+
+    entries = []
+    for folder, dirs, files in os.walk(root):  # os.walk never follows links: they are seen and refused below
+        dirs[:] = sorted(d for d in dirs if not skipped(d))
+        for name in [*dirs, *sorted(f for f in files if not skipped(f))]:
+            p = Path(folder) / name
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise DataError(
+                    f"{p} is a symbolic link (to {os.readlink(p)}): bench reads no links inside a data folder (the "
+                    "images trained on must be the images fingerprinted); copy the files in (cp -rL), or point "
+                    "data.path at the folder the link leads to"
+                )
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise DataError(f"{p} is neither a file nor a folder (a FIFO, socket or device); remove it")
+            entries.append(p)
+    return sorted(entries)
+
+
 def tree_sha256(root: Path) -> str:
-    """sha256 over every folder's and file's relative path and every file's bytes under `root`
-    (an empty class folder changes the classes, so folders count), read once per content."""
-    entries = sorted(p for p in root.rglob("*") if not p.name.startswith("."))
+    """sha256 over every folder's and file's relative path and every file's bytes under `root`, as
+    `tree_entries` lists them (an empty class folder changes the classes, so folders count), read once per
+    content."""
+    root = Path(root)
+    entries = tree_entries(root)
     stats = hashlib.sha256("\n".join(_stat_key(p) for p in entries).encode()).hexdigest()
 
     def compute() -> str:

@@ -123,6 +123,7 @@ def drive(
         for run_id in dict.fromkeys(v.run_id for v in variants if store.state(v) == "done" and store.other_code(v)):
             store.set_aside(run_id)
     todo = pending(store, variants, retry_failed)
+    store.check_space(todo)  # a full disk refused now, not at the first checkpoint
     inputs = Inputs()
     inputs.preflight(todo)
     if command is not None:

@@ -11,6 +11,7 @@ process dies) keeps two `bench run` processes from training the same run.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from contextlib import AbstractContextManager
@@ -20,7 +21,7 @@ import pandas as pd
 
 from bench import identity, record
 from bench.config import RunConfig
-from bench.files import atomic_write, now, read_json, sweep, try_lock, write_json
+from bench.files import NotWritable, alive, atomic_write, free_bytes, now, read_json, sweep, try_lock, write_json
 from bench.record import RunHeader, RunMetrics, RunStatus, StudyManifest
 from bench.study import Study, Variant
 
@@ -171,6 +172,31 @@ class Store:
         settings = lambda tree: {k: v for k, v in tree.items() if k != "fingerprints"}
         return f"{' and '.join(changed)} changed" if changed and settings(old) == settings(current) else None
 
+    def interrupted(self, run_id: str) -> str | None:
+        """Why a run whose status says 'running' is not: its process, on this host, is gone (None when it is
+        alive, or runs on another host, where it cannot be seen)."""
+        try:
+            status = self.read_status(run_id)
+        except (OSError, ValueError):
+            return None
+        if status.state == "running" and status.host == socket.gethostname() and status.pid and not alive(status.pid):
+            return f"process {status.pid} is gone"
+        return None
+
+    def check_space(self, variants: list[Variant]) -> None:
+        """Raise NotWritable unless the store's disk can take the largest checkpoint of these runs, twice
+        (a new checkpoint is written beside the previous one, then renamed over it)."""
+        if not variants:
+            return
+        need, v = max((2 * checkpoint_bytes(v.config), v.name) for v in variants)
+        free = free_bytes(self.root)
+        if free < need:
+            raise NotWritable(
+                f"the results store (--results) has {free / 2**20:,.0f} MiB free at {self.root}, but {v} needs "
+                f"about {need / 2**20:,.0f} MiB while it trains (its checkpoint, twice: it is written beside the "
+                "previous one); free some space or point --results at a larger disk"
+            )
+
     # ---- reading (OSError when a file is missing, RecordError when it is malformed) -------------
 
     def _read(self, run_id: str, name: str, kind: type[record.Record]):
@@ -211,3 +237,23 @@ class Store:
         except ValueError as e:
             raise record.RecordError(f"{path}: not JSON ({e})") from None
         return record.parse(StudyManifest, obj, str(path))
+
+
+def checkpoint_bytes(cfg: RunConfig) -> int:
+    """About how large a run's checkpoint.pt grows: the network twice (its last and its best weights) and
+    the optimizer's state (Adam 2 values, SGD with momentum 1 per parameter), 4 bytes each; a frozen
+    backbone's run checkpoints its head only (counted as nothing). ResNet-18 with Adam: 180 MB, ResNet-50: 380 MB."""
+    if cfg.model.freeze == "backbone":
+        return 0
+    per_param = 2 + (2 if cfg.train.optimizer in ("adam", "adamw") else int(cfg.train.momentum > 0))
+    return 4 * per_param * _parameters(cfg.model.arch)
+
+
+@functools.cache
+def _parameters(arch: str) -> int:
+    import torch
+
+    from bench.models import build_backbone
+
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        return sum(p.numel() for p in build_backbone("none", arch).parameters())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from bench.config import KNOWN_KEYS, ConfigError, RunConfig, Strict
 from bench.identity import Fingerprints, run_id
@@ -26,10 +26,24 @@ from bench.util import did_you_mean, flatten, fmt_value
 from bench.yamlfile import read_yaml
 
 
+def _distinct_seeds(seeds: list[int] | None) -> list[int] | None:
+    """A repeated seed is the same run twice: it would count twice in every mean and spread."""
+    repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+    if repeated:
+        listed = ", ".join(map(str, repeated))
+        raise ValueError(f"seed{'s' * (len(repeated) > 1)} {listed} repeated; list each seed once")
+    return seeds
+
+
 class VariantSpec(Strict):
     name: str = Field(min_length=1)
     set: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] | None = Field(None, min_length=1)  # instead of the study's seeds (costly variants)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds):
+        return _distinct_seeds(seeds)
 
 
 class TrackersConfig(Strict):
@@ -49,6 +63,11 @@ class StudyFile(Strict):
     variants: list[VariantSpec] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     trackers: TrackersConfig = TrackersConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds):
+        return _distinct_seeds(seeds)
 
 
 @dataclass(frozen=True)
@@ -243,10 +262,14 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None, g
 
 
 def select(study: Study, patterns: list[str] | None) -> list[Variant]:
-    """The variants whose name matches any glob pattern (all of them when there is none)."""
+    """The variants each pattern picks (all of them when there is none): a pattern that is a variant's exact
+    name picks that variant alone (names may hold `[`, `*`, `?`), any other is a glob."""
     if not patterns:
         return study.variants
-    chosen = [v for v in study.variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
+    names = {v.name for v in study.variants}
+    exact = {p for p in patterns if p in names}
+    globs = [p for p in patterns if p not in names]
+    chosen = [v for v in study.variants if v.name in exact or any(fnmatch.fnmatchcase(v.name, p) for p in globs)]
     if not chosen:
         names = list(dict.fromkeys(v.name for v in study.variants))
         raise ConfigError(study.path, [f"{' or '.join(patterns)} matches no variant; variants are: {', '.join(names)}"])

@@ -84,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
             "--only",
             action="append",
             default=[],
-            metavar="GLOB",
-            help="only variants whose name matches, e.g. --only 'freeze=*' (repeatable)",
+            metavar="NAME",
+            help="only this variant, or the variants a glob matches, e.g. --only 'freeze=*' (repeatable); "
+            "a variant's exact name picks it alone, whatever [ ] * ? it holds",
         )
         sp.add_argument("--limit-train", type=int, metavar="N", help="same as --set data.limit_train=N")
         sp.add_argument("--data-dir", metavar="DIR", help="same as --set data.path=DIR")

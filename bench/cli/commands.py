@@ -55,6 +55,10 @@ def list_status(store, study, v, missing: dict[str, str]) -> str:
     if v.name in missing:  # the reason is printed once below the table
         return "pending (weights not here)" if missing[v.name].startswith("weights") else "pending (data not found)"
     state = store.state(v)
+    if state == "done" and unreadable(store, v):  # the reason is printed below the table
+        return "damaged (metrics.json)"
+    if state == "running" and (gone := store.interrupted(v.run_id)):
+        return f"interrupted ({gone}; `bench run` resumes it)"
     if state == "done" and (other := store.other_code(v)):
         return "done, other code (" + ", ".join(f"{k} {a}->{b}" for k, (a, b) in other.items()) + ")"
     if state is None and (why := store.replaced(study, v)):
@@ -68,11 +72,22 @@ def differs(v) -> str:
     return ", ".join(f"{k}={fmt_value(val)}" for k, val in v.overrides.items()) or "(defaults)"
 
 
+def unreadable(store, v) -> str | None:
+    """Why a finished run's metrics.json cannot be read (not JSON, a key missing), or None."""
+    from bench.record import RecordError
+
+    try:
+        store.read_metrics(v.run_id)
+    except (OSError, RecordError) as e:
+        return str(e)
+    return None
+
+
 def pace(store, variants) -> tuple[float, int] | None:
     """TFLOP per second of wall time over the variants' finished runs, and how many there are."""
     from bench.cost import estimate_tflops
 
-    done = [v for v in variants if store.state(v) == "done"]
+    done = [v for v in variants if store.state(v) == "done" and not unreadable(store, v)]
     seconds = sum(store.read_metrics(v.run_id).train_seconds for v in done)
     return (sum(estimate_tflops(v.config) for v in done) / seconds, len(done)) if done and seconds > 0 else None
 
@@ -100,6 +115,9 @@ def cmd_list(args) -> int:
     console.study_listing(title, rows, args.format, pace(store, [v for v in variants if v.fingerprints]))
     for why in dict.fromkeys(missing.values()):
         console.warning(f"{why}; until then run ids and states cannot be checked (`bench run` says how to get it)")
+    for v in variants:
+        if v.fingerprints and store.state(v) == "done" and (why := unreadable(store, v)):
+            console.warning(f"{v.name} (seed {v.seed}): {why}; `bench report` leaves the run out")
     return EXIT_OK
 
 
@@ -286,6 +304,8 @@ def cmd_compare(args) -> int:
     from bench.report import compare
 
     result = compare(args.results, args.a, args.b, args.study)
+    for w in result.study.warnings:  # damaged runs are left out of the comparison: say which
+        console.warning(w)
     c = result.comparison
     console.comparison(f"{result.study.name}: {args.a} vs {args.b} on {c.n_images:,} test images", args.a, args.b, c)
     return EXIT_OK

@@ -58,6 +58,8 @@ def cmd_export(args) -> int:
         except ImportError:
             raise UsageError("Parquet needs pyarrow: pip install -e '.[export]' (or export to .csv)") from None
     write(table, args.out)
+    for r in table[table["state"] == "damaged"].itertuples():  # in the table without metrics; said here too
+        console.warning(f"{r.study}: {r.variant} (seed {r.seed}, run {r.run_id}): {r.detail}; its metrics left out")
     console.err.print(f"{len(table)} runs, {len(table.columns)} columns -> {args.out}", highlight=False)
     return EXIT_OK
 

@@ -13,6 +13,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +22,10 @@ import numpy as np
 
 from bench.data import DataError
 from bench.files import atomic_save, cache_root, temp_prefix
+
+# The most pixels one image may have: Pillow's own warning threshold (about 89 million, 0.27 GB as RGB), far
+# above any image a benchmark trains on, so a crafted or mistaken huge file is refused by name, not decoded.
+MAX_PIXELS = 89_478_485
 
 
 def read_folder(path: Path, content: str, side: int | None = None):
@@ -50,9 +56,15 @@ def decoded(content: str, side: int | None, decode) -> tuple[dict[str, tuple[np.
     size = f"-{side}px" if side else ""
     cache = cache_root() / "decoded" / f"{content.replace(':', '-')}{size}-{decoder_version()}.npz"
     if cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        splits = {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "val", "test") if f"x_{s}" in z}
-        return splits, [str(c) for c in z["classes"]]
+        try:  # never unpickled; a truncated or foreign file is discarded below and decoded anew
+            z = np.load(cache, allow_pickle=False)
+            if isinstance(z, np.lib.npyio.NpzFile):
+                with z:
+                    splits = {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "val", "test") if f"x_{s}" in z}
+                    return splits, [str(c) for c in z["classes"]]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+            pass
+        cache.unlink(missing_ok=True)
     splits, classes = decode()
     flat = {f"{k}_{s}": a for s, (x, y) in splits.items() for k, a in (("x", x), ("y", y))}
     atomic_save(cache, lambda f: np.savez(f, classes=np.array(classes), **flat))
@@ -111,15 +123,31 @@ def square(image, side: int):
     return F.center_crop(F.resize(image, side), [side, side])
 
 
+def samples(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(classes, [(image file, class index)]) of one split, from the files `identity.tree_entries` lists (no
+    links, no hidden names: the fingerprint's rule), in torchvision's ImageFolder order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from bench.identity import tree_entries
+
+    entries = tree_entries(split_dir)
+    classes = sorted(p.name for p in entries if p.parent == split_dir and p.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    images = [p for p in entries if p.parent != split_dir and p.name.lower().endswith(IMG_EXTENSIONS) and p.is_file()]
+    found = sorted(images, key=lambda p: (index[p.relative_to(split_dir).parts[0]], str(p.parent), p.name))
+    out = [(p, index[p.relative_to(split_dir).parts[0]]) for p in found]
+    if empty := sorted(set(classes) - {classes[t] for _, t in out}):
+        raise DataError(
+            f"{split_dir}: no image in the class folder(s) {', '.join(empty)} (looked for "
+            f"{', '.join(IMG_EXTENSIONS)}); remove the empty class folder or add its images"
+        )
+    return classes, out
+
+
 def _decode_tree(split_dir: Path, side: int | None):
     from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    try:
-        classes, class_to_idx = find_classes(str(split_dir))
-        samples = make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as e:  # a class folder without images
-        raise DataError(f"{split_dir}: {e}; remove the empty class folder or add its images") from None
+    classes, found = samples(split_dir)
     if len(classes) < 2:
         raise DataError(
             f"{split_dir} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
@@ -130,18 +158,25 @@ def _decode_tree(split_dir: Path, side: int | None):
         path, _ = sample
         try:
             with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{im.width}x{im.height} px, {im.width * im.height:,} pixels")
                 rgb = to_rgb8(im)
             return np.asarray(square(Image.fromarray(rgb), side)) if side else rgb
+        except Image.DecompressionBombError as e:  # Pillow's own, above twice the limit, says its size in its words
+            raise DataError(
+                f"image {path} is too large to decode ({e}; the limit is {MAX_PIXELS:,} pixels, a guard against "
+                "decompression bombs): resize it, or delete it"
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot decode image {path}: {e}. Delete or replace the file") from None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes without the GIL
-        images = list(pool.map(decode, samples, chunksize=256))
+        images = list(pool.map(decode, found, chunksize=256))
     first = images[0].shape
-    for (path, _), im in zip(samples, images):
+    for (path, _), im in zip(found, images):
         if im.shape != first:
             raise DataError(
-                f"image {path} is {im.shape[1]}x{im.shape[0]} px but {samples[0][0]} is {first[1]}x{first[0]}; "
+                f"image {path} is {im.shape[1]}x{im.shape[0]} px but {found[0][0]} is {first[1]}x{first[0]}; "
                 "set data.image_size to store every image at one size (shorter side resized, centre-cropped)"
             )
-    return np.stack(images), np.array([t for _, t in samples], dtype=np.int64), classes
+    return np.stack(images), np.array([t for _, t in found], dtype=np.int64), classes

@@ -33,7 +33,8 @@ RUN_COLUMNS = (
 
 
 def runs_table(root: Path, study: str | None = None) -> pd.DataFrame:
-    """One row per (study, variant, seed) in the store's manifests; failed and pending runs included."""
+    """One row per (study, variant, seed) in the store's manifests; failed, pending and damaged runs included
+    (the last without metrics: state 'damaged', and `detail` says what is wrong)."""
     rows = []
     for name in [study] if study else Store(root).study_names():
         for run in load_runs(root, name).runs:
@@ -46,7 +47,7 @@ def runs_table(root: Path, study: str | None = None) -> pd.DataFrame:
                 "detail": run.detail,
             }
             row.update({f"config.{k}": v for k, v in flatten(run.config or {}).items() if k != "seed"})
-            if run.metrics is not None:
+            if run.state == "done":  # a damaged run's numbers are not published: `detail` says why
                 row.update({f"test_{k}": getattr(run.metrics.test, k) for k in METRIC_COLUMNS})
                 row.update({k: getattr(run.metrics, k) for k in RUN_COLUMNS})
                 row.update({f"hardware.{k}": v for k, v in run.metrics.hardware.items()})

@@ -1,7 +1,8 @@
 """Reading the results store back for reports: studies, their runs, and what is wrong with any run.
 
-A finished run whose metrics.json or predictions.csv is missing or malformed is named in a
-warning and marked 'damaged'; failed and pending runs keep their state, so reports show them.
+A finished run whose metrics.json or predictions.csv is missing or malformed, or whose metrics disagree
+with its predictions, is named in a warning and marked 'damaged'; failed and pending runs keep their
+state, so reports show them.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def _read_run(store: Store, variant: str, seed: int, run_id: str, overrides: dic
         run.predictions = store.read_predictions(run_id, run.metrics.n_test)
     except (OSError, RecordError) as e:
         return damaged("predictions.csv missing or unreadable", e)
+    if why := disagreement(run.metrics, run.predictions):
+        warnings.append(f"run {d} ({run.variant}, seed {run.seed}): {why}; run left out (`bench verify` checks it)")
+        run.state, run.detail = "damaged", why
+        return run
     try:
         run.history = store.read_history(run_id)
     except (OSError, RecordError) as e:
@@ -119,6 +124,34 @@ def _read_run(store: Store, variant: str, seed: int, run_id: str, overrides: dic
             "left out of the learning curves only"
         )
     return run
+
+
+def disagreement(metrics: RunMetrics, predictions: pd.DataFrame) -> str | None:
+    """How a run's metrics.json disagrees with its own predictions.csv (a hand edit, a forged file), or None:
+    accuracy, macro precision, recall and F1 and the confusion matrix recomputed from the labels and predicted
+    classes with numpy, cheaply enough for every read (`verify` checks the same with scikit-learn)."""
+    saved = metrics.test
+    n = len(saved.per_class)
+    y, p = predictions["label"].to_numpy(), predictions["pred"].to_numpy()
+    if len(y) and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= n):
+        return f"predictions.csv holds a class index outside 0..{n - 1}"
+    cm = np.bincount(y.astype(np.int64) * n + p.astype(np.int64), minlength=n * n).reshape(n, n)
+    if not np.array_equal(cm, np.array(saved.confusion_matrix)):
+        return "metrics.json's confusion matrix disagrees with predictions.csv"
+    hits, predicted, actual = np.diag(cm), cm.sum(0), cm.sum(1)
+    precision = np.divide(hits, predicted, out=np.zeros(n), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros(n), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
+    recomputed = {
+        "accuracy": hits.sum() / max(len(y), 1),
+        "precision_macro": precision.mean(),
+        "recall_macro": recall.mean(),
+        "f1_macro": f1.mean(),
+    }
+    for key, value in recomputed.items():
+        if abs(getattr(saved, key) - value) > 1e-6:
+            return f"metrics.json says test {key} {getattr(saved, key):.4g}, predictions.csv gives {value:.4g}"
+    return None
 
 
 def verify(study: StudyRuns) -> tuple[list[tuple[Run, float]], list[tuple[Run, str]]]:
@@ -130,9 +163,10 @@ def verify(study: StudyRuns) -> tuple[list[tuple[Run, float]], list[tuple[Run, s
 
     checked, unverifiable = [], []
     for run in study.runs:
-        if run.state == "damaged":
+        if run.state == "damaged" and (run.metrics is None or run.predictions is None):
             unverifiable.append((run, run.detail))
-        if run.state != "done":
+            continue
+        if run.state not in ("done", "damaged"):  # damaged with both files: they disagree, by how much is shown
             continue
         if why := _bad_probabilities(run):
             unverifiable.append((run, why))
