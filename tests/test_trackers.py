@@ -107,3 +107,36 @@ def test_wandb_missing_is_a_tracker_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(TrackerError, match=r"pip install -e '\.\[wandb\]'"):
         WandB("study")
+
+
+def mlflow_installed() -> bool:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        return False
+    return True
+
+
+@pytest.mark.skipif(not mlflow_installed(), reason="the trackers extra is not installed: pip install -e '.[trackers]'")
+def test_mlflow_gets_each_run_in_two_batches_not_a_call_per_value(write_study, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    def one_by_one(*args, **kwargs):
+        raise AssertionError("a value logged on its own: a request per parameter or metric")
+
+    batches = []
+    real = MlflowClient.log_batch
+    monkeypatch.setattr(MlflowClient, "log_param", one_by_one)
+    monkeypatch.setattr(MlflowClient, "log_metric", one_by_one)
+    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, *a, **k: batches.append(k) or real(self, *a, **k))
+    path = write_study({"study": "batched", "defaults": TINY})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = bench.run(path, results=tmp_path / "results", mlflow=uri, progress=False)
+    assert [len(b.get("params", [])) > 0 for b in batches] == [True, False]  # the params, then the metrics
+    client = MlflowClient(tracking_uri=uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("batched").experiment_id])
+    assert logged.data.params["train.lr"] == "0.003" and len(logged.data.params) == len(batches[0]["params"])
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_acc")] == [1, 2]
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(runs.test_accuracy[0])
