@@ -18,9 +18,12 @@ from dataclasses import dataclass, replace
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.config import DataConfig, ModelConfig, RunConfig
 from bench.files import atomic_write, cache_root, try_lock
+
+if TYPE_CHECKING:  # annotations only: `bench --version` reads bench_version() without the configuration
+    from bench.config import DataConfig, ModelConfig, RunConfig
 
 CHUNK = 1 << 20
 
