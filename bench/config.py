@@ -286,10 +286,12 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     """Everything that determines a run's result (with the data's and weights' fingerprints: bench.identity)."""
 
-    data: DataConfig = DataConfig()
-    input: InputConfig = InputConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
+    # factories, not instances: an instance is validated when this module is imported, and checking the
+    # default weights imports torchvision (seconds), which `bench --help` and `bench list` can do without
+    data: DataConfig = Field(default_factory=DataConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0
 
     @model_validator(mode="after")

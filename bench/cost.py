@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from importlib import metadata
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,10 +33,10 @@ SIZES = {
 def stage_macs(arch: str, resolution: int) -> dict[str, float]:
     """{'total': multiply-adds of one image's forward pass, then one entry per stage of models.stages
     ('stem', 'layer1'.. or 'stage1'.., 'tail')}; what no stage holds (pooling) is in the total only."""
-    import timm
     import torchvision
 
-    key = f"{arch}@{resolution} torch {torch.__version__} torchvision {torchvision.__version__} timm {timm.__version__}"
+    timm = metadata.version("timm")  # the same string as timm.__version__, without importing timm (seconds)
+    key = f"{arch}@{resolution} torch {torch.__version__} torchvision {torchvision.__version__} timm {timm}"
     path = cache_root() / "flops.json"
     if key in (memo := _read(path)):
         return memo[key]

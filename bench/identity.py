@@ -20,9 +20,12 @@ from dataclasses import dataclass, replace
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.config import DataConfig, ModelConfig, RunConfig
 from bench.files import atomic_write, cache_root, try_lock
+
+if TYPE_CHECKING:  # annotations only: `bench --version` reads bench_version() without the configuration
+    from bench.config import DataConfig, ModelConfig, RunConfig
 
 CHUNK = 1 << 20
 
@@ -203,19 +206,25 @@ def fingerprints(cfg: RunConfig) -> Fingerprints | None:
 
 
 @cache
+def bench_version() -> str:
+    """bench's version and a hash of its source, e.g. '0.2.0+3f2a1b4c' (no torch: `bench --version` uses it)."""
+    source = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for p in sorted(package.rglob("*")):
+        if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
+            source.update(str(p.relative_to(package)).encode() + b"\0" + p.read_bytes())
+    return f"{metadata.version('bench')}+{source.hexdigest()[:8]}"
+
+
+@cache
 def code_versions() -> dict[str, str]:
     """bench's version and a hash of its source, and the versions of the libraries that compute results."""
     import timm
     import torch
     import torchvision
 
-    source = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for p in sorted(package.rglob("*")):
-        if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
-            source.update(str(p.relative_to(package)).encode() + b"\0" + p.read_bytes())
     return {
-        "bench": f"{metadata.version('bench')}+{source.hexdigest()[:8]}",
+        "bench": bench_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from bench.config import InputConfig, ModelConfig, RunConfig
@@ -49,6 +48,9 @@ class BatchTransform:
             self.pixel_mean = pixel_mean[None]
             self.mean, self.std = None, None
         elif cfg.normalize == "imagenet":
+            # here, not at the top: importing timm takes seconds, and `bench list` imports this module
+            from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
             self.mean, self.std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         elif cfg.normalize == "model":
             if model is None:

@@ -34,7 +34,7 @@ def test_history_is_written_after_every_epoch_and_logged_when_piped(write_study,
     assert seen[:3] == [0, 1, 2]  # validation of epoch e runs after e-1 rows were written
     err = capsys.readouterr().err
     for epoch in (1, 2, 3):  # stderr is not a terminal here, as in a Slurm log: a line per epoch
-        assert f"epoch {epoch}: train loss" in err
+        assert f"epoch {epoch}/3: train loss" in err
 
 
 def test_list_formats_and_80_columns(write_study, tmp_path, capsys, monkeypatch):

@@ -10,29 +10,33 @@ import sys
 from pathlib import Path
 
 from bench.cli import commands, console, tools
-from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+
+# What a command can raise about its input: the message says what to fix, so no traceback. Named by
+# module, as importing them all (torch, the report's matplotlib) would slow every command by seconds;
+# an error of a module that was never imported cannot have been raised.
+BAD_INPUT = {
+    "bench.config": "ConfigError",
+    "bench.api": "UsageError",
+    "bench.models": "WeightsError",
+    "bench.report.runs": "ReportError",
+    "bench.launch": "LaunchError",
+    "bench.files": "NotWritable",
+    "bench.trackers": "TrackerError",
+}
+
+
+def is_a(e: BaseException, module: str, name: str) -> bool:
+    return module in sys.modules and isinstance(e, getattr(sys.modules[module], name))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from bench.config import ConfigError
-    from bench.data import DataError
-    from bench.files import NotWritable
-    from bench.launch import LaunchError
-    from bench.models import WeightsError
-    from bench.report import ReportError
-    from bench.trackers import TrackerError
-
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+    # SIGTERM stops as cleanly as Ctrl-C; the caller's handler is put back (main() may run in a notebook)
+    on_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     console.doing("starting", "nothing was changed")
     try:
         return args.func(args)
-    except DataError as e:
-        console.error(f"{e}\n  on the command line: --data-dir DIR sets data.path for every variant")
-        return EXIT_BAD_INPUT
-    except (ConfigError, UsageError, WeightsError, ReportError, LaunchError, NotWritable, TrackerError) as e:
-        console.error(str(e))
-        return EXIT_BAD_INPUT
     except BrokenPipeError:  # `bench list ... | head`: the reader has gone; so do we, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
@@ -40,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         what, then = console.phase
         console.err.print(f"[yellow]interrupted[/] while {what}: {then}", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        if is_a(e, "bench.data", "DataError"):
+            console.error(f"{e}\n  on the command line: --data-dir DIR sets data.path for every variant")
+            return EXIT_BAD_INPUT
+        if any(is_a(e, module, name) for module, name in BAD_INPUT.items()):
+            console.error(str(e))
+            return EXIT_BAD_INPUT
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def _raise_interrupt(signum, frame):
@@ -113,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
         "--tensorboard",
         metavar="DIR",
         help="also write TensorBoard event files per finished run (default: the study file's trackers.tensorboard)",
+    )
+    sp.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log each finished run to Weights & Biases, project = the study, group = the variant "
+        "(pip install -e '.[wandb]'; WANDB_MODE=offline without internet)",
     )
     sp.add_argument(
         "--rerun-stale",
@@ -260,7 +280,10 @@ class VersionAction(argparse.Action):
 
 
 def version() -> str:
-    from bench.identity import code_versions
+    """The installed versions, read from package metadata: importing torch to ask would take seconds."""
+    from importlib import metadata
 
-    v = code_versions()
-    return f"bench {v['bench']} (torch {v['torch']}, torchvision {v['torchvision']}, timm {v['timm']})"
+    from bench.identity import bench_version
+
+    libraries = ", ".join(f"{name} {metadata.version(name)}" for name in ("torch", "torchvision", "timm"))
+    return f"bench {bench_version()} ({libraries})"

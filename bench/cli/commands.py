@@ -6,23 +6,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from bench.api import UsageError, pick_device  # noqa: F401  (UsageError: re-exported for the other commands)
 from bench.cli import console
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """A command-line option that cannot work (the study file itself is fine)."""
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
 
 
 def load(args):
@@ -134,9 +121,8 @@ def executor(args, device):
 
 
 def cmd_run(args) -> int:
-    from bench.cost import estimate_tflops
+    from bench.api import train
     from bench.files import cache_root, check_writable
-    from bench.runner import drive
     from bench.store import Store
     from bench.trackers import trackers
 
@@ -150,30 +136,9 @@ def cmd_run(args) -> int:
 
     if args.dry_run:
         return dry_run(study, variants, store, args.retry_failed)
-    logs = trackers(study.name, args.mlflow or study.trackers.mlflow, args.tensorboard or study.trackers.tensorboard)
-    with console.progress() as progress:
-        display = console.RunDisplay(progress, study.name, store.run_dir, estimate_tflops)
-        hooks = display.hooks()
-        shown = hooks.run_ended
-
-        def ended(r):  # a finished run is copied to the trackers from its record, off the training path
-            shown(r)
-            if r.state == "done":
-                for t in logs:
-                    t.log_run(store, study.label(r.variant), r.variant.seed, r.variant.run_id)
-
-        hooks.run_ended = ended
-        results = drive(
-            study,
-            variants,
-            store,
-            how,
-            hooks=hooks,
-            retry_failed=args.retry_failed,
-            rerun_stale=args.rerun_stale,
-            command=command_line(),
-        )
-        display.close()
+    tracked = (args.mlflow or study.trackers.mlflow, args.tensorboard or study.trackers.tensorboard, args.wandb)
+    logs = trackers(study.name, *tracked)
+    results = train(study, variants, store, how, logs, args.retry_failed, args.rerun_stale, command_line())
     console.run_summary(results)
     return EXIT_FAILED_RUNS if any(r.state in ("failed", "busy") for r in results) else EXIT_OK
 

@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
-import pandas as pd
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 err = Console(stderr=True)  # progress, warnings and errors
 phase = ("starting", "nothing was changed")  # what is being done, and what an interrupt leaves behind
@@ -21,18 +29,30 @@ def doing(what: str, then: str) -> None:
 
 out = Console()  # results, so `bench ... > file` keeps them
 
+
+class CountColumn(ProgressColumn):
+    """`3/105` of a task's `count` field where it has one (the grid: its bar moves by compute, so its
+    completed/total are TFLOP, not runs), otherwise completed/total (batches, epochs)."""
+
+    def render(self, task: Task) -> Text:
+        if "count" in task.fields:
+            return Text(task.fields["count"], style="progress.download")
+        total = f"{task.total:,.0f}" if task.total is not None else "?"
+        return Text(f"{task.completed:,.0f}/{total}", style="progress.download")
+
+
 PROGRESS_COLUMNS = (
     TextColumn("{task.description}"),
     BarColumn(),
-    MofNCompleteColumn(),
+    CountColumn(),
     TimeElapsedColumn(),
     TextColumn("eta"),
     TimeRemainingColumn(),
 )
 
 
-def progress(transient: bool = False) -> Progress:
-    return Progress(*PROGRESS_COLUMNS, console=err, transient=transient)
+def progress(transient: bool = False, disable: bool = False) -> Progress:
+    return Progress(*PROGRESS_COLUMNS, console=err, transient=transient, disable=disable)
 
 
 class RunBars:
@@ -58,13 +78,14 @@ class RunBars:
 
 class RunDisplay:
     """What `bench run` shows: a grid bar weighted by each run's expected compute (so cached runs do
-    not skew the ETA), the bars of the run in progress, and a line per run and per epoch (the epoch
-    lines only when the output is not a terminal, e.g. a Slurm log, where the bars do not show)."""
+    not skew the ETA) that counts `runs 3/105`, the bars of the run in progress, and a line per run and
+    per epoch (the epoch lines only when the output is not a terminal, e.g. a Slurm log or a notebook)."""
 
     def __init__(self, progress: Progress, title: str, run_dir, cost):
         self.progress, self.run_dir, self.cost = progress, run_dir, cost
         self.bars = RunBars(progress)
-        self.grid = progress.add_task(f"[bold]{escape(title)}[/]", total=None)
+        self.grid = progress.add_task(f"[bold]{escape(title)}[/]", total=None, count="runs 0/?")
+        self.runs, self.finished = 0, 0
 
     def hooks(self):
         from bench.runner import Hooks
@@ -79,7 +100,9 @@ class RunDisplay:
         )
 
     def planned(self, todo) -> None:
-        self.progress.update(self.grid, total=max(1e-9, sum(self.cost(v.config) for v in todo)), completed=0)
+        self.runs, self.finished = len(todo), 0
+        total = max(1e-9, sum(self.cost(v.config) for v in todo))
+        self.progress.update(self.grid, total=total, completed=0, count=f"runs 0/{self.runs}")
 
     def started(self, v) -> None:
         doing(
@@ -92,13 +115,16 @@ class RunDisplay:
     def epoch_ended(self, v, row: dict) -> None:
         if not err.is_terminal:
             err.print(
-                f"  epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
+                f"  epoch {row['epoch']}/{v.config.train.epochs}: "
+                f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}, {row['seconds']:.0f}s",
                 highlight=False,
             )
 
     def ended(self, r) -> None:
+        self.finished += 1
         self.progress.advance(self.grid, self.cost(r.variant.config))
+        self.progress.update(self.grid, count=f"runs {self.finished}/{max(self.runs, self.finished)}")
         if r.state == "failed":
             err.print(f"[red]  failed:[/] {escape(r.error.splitlines()[0])}", highlight=False, soft_wrap=True)
         elif r.state == "done":
@@ -159,6 +185,8 @@ def study_listing(title: str, rows: list[dict], fmt: str = "table", rate: tuple[
     if fmt == "names":
         print("\n".join(dict.fromkeys(r["variant"] for r in rows)))
         return
+    import pandas as pd  # here: `bench --help` and the other commands do without it
+
     if fmt in ("csv", "json"):
         frame = pd.DataFrame(rows)
         print(frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1), end="")

@@ -16,13 +16,15 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from sklearn.model_selection import train_test_split
 
 from bench.config import DataConfig
 from bench.files import cache_root  # noqa: F401  (re-exported: where caches live)
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DataError(Exception):
@@ -62,11 +64,18 @@ class Dataset:
     @functools.cached_property
     def pixel_mean(self) -> torch.Tensor:
         """(3, H, W) float32 in [0, 1]: the training images' per-pixel mean (input.normalize: pixel-mean)."""
+        import torch
+
         return (self.train.x.sum(0, dtype=torch.float64) / (255 * len(self.train))).float()
 
 
 def load(cfg: DataConfig) -> Dataset:
     """Read the source, take the validation split (official, or carved from train), apply the limits."""
+    # torch and scikit-learn are imported here, not above: the configuration reads data.catalog, and
+    # importing it runs this file, so at the top they would slow every `import bench.config` by seconds
+    import torch
+    from sklearn.model_selection import train_test_split
+
     from bench.data import official, sources
     from bench.identity import data_fingerprint
 

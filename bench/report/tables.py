@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -115,6 +117,34 @@ def mark(c: stats.Comparison) -> str:
     return "" if c.seed_level else " ‡" if c.n_seeds_b > c.n_seeds else " †"
 
 
+@dataclass
+class Effect:
+    variant: str
+    comparison: stats.Comparison | None  # None: not finished, or not comparable (see note)
+    p_holm: float | None  # Holm-adjusted over the study's seed-level comparisons
+    note: str = ""  # why there is no comparison: the variant's status, 'no common seed', 'different test images'
+
+
+def effects(study: StudyRuns, baseline: str) -> list[Effect]:
+    """Each other variant against the baseline, seed-paired, with Holm's adjustment over them all."""
+    out = []
+    for v in study.variants:
+        if v == baseline:
+            continue
+        if not study.done(v):
+            out.append(Effect(v, None, None, status(study, v)))
+            continue
+        try:
+            out.append(Effect(v, paired(study, v, baseline), None))
+        except ReportError as e:
+            why = "different test images" if "different test images" in str(e) else "no common seed"
+            out.append(Effect(v, None, None, why))
+    adjusted = stats.holm([e.comparison.p_value if e.comparison else None for e in out])
+    for e, p_adj in zip(out, adjusted):
+        e.p_holm = p_adj
+    return out
+
+
 def effects_table(study: StudyRuns, baseline: str) -> Table:
     ci = f"{100 * stats.CONFIDENCE:.0f}%"
     columns = [
@@ -127,40 +157,29 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
         "p (Holm)",
         "per-seed Δ (McNemar p)",
     ]
-    rows, comparisons = [], []
-    for v in study.variants:
-        if v == baseline:
+    rows, bold = [], set()
+    found = effects(study, baseline)
+    for i, e in enumerate(found):
+        head, c = [label(study, e.variant), what_differs(study, e.variant, baseline)], e.comparison
+        if c is None:
+            unfinished = not study.done(e.variant)
+            rows.append(head + ["—" if unfinished else e.note, "—", "—", "—", "—", status(study, e.variant)])
             continue
-        head = [label(study, v), what_differs(study, v, baseline)]
-        c = None
-        if study.done(v):
-            try:
-                c = paired(study, v, baseline)
-            except ReportError as e:
-                reason = "different test images" if "different test images" in str(e) else "no common seed"
-                rows.append(head + [reason, "—", "—", "—", "—", status(study, v)])
-        else:
-            rows.append(head + ["—", "—", "—", "—", "—", status(study, v)])
-        if c is not None:
-            rows.append(
-                head
-                + [
-                    f"1 vs {c.n_seeds_b} (seed mean)" if c.n_seeds_b > c.n_seeds else str(c.n_seeds),
-                    f"{100 * c.diff:+.2f}",
-                    f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}" + mark(c),
-                    fmt_p(c.p_value),
-                    "",
-                    "; ".join(f"{100 * d:+.2f} ({fmt_p(p)})" for d, p in zip(c.per_seed_diff, c.mcnemar_p)),
-                ]
-            )
-        comparisons.append(c)
-    adjusted = stats.holm([c.p_value if c else None for c in comparisons])
-    bold = set()
-    for i, (c, p_adj) in enumerate(zip(comparisons, adjusted)):
-        if c is not None:
-            rows[i][6] = fmt_p(p_adj)
-            if c.significant(p_adjusted=p_adj):
-                bold |= {(i, 3), (i, 6)}
+        rows.append(
+            head
+            + [
+                f"1 vs {c.n_seeds_b} (seed mean)" if c.n_seeds_b > c.n_seeds else str(c.n_seeds),
+                f"{100 * c.diff:+.2f}",
+                f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}" + mark(c),
+                fmt_p(c.p_value),
+                fmt_p(e.p_holm),
+                "; ".join(f"{100 * d:+.2f} ({fmt_p(p)})" for d, p in zip(c.per_seed_diff, c.mcnemar_p)),
+            ]
+        )
+        if c.significant(p_adjusted=e.p_holm):
+            bold |= {(i, 3), (i, 6)}
+    comparisons = [e.comparison for e in found]
+    adjusted = [e.p_holm for e in found]
     tested = sum(p is not None for p in adjusted)
     caption = (
         f"Change in test accuracy against '{baseline}'. The seed is the unit of replication: seed s of a "
