@@ -20,9 +20,13 @@ def pick_device(name: str):
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}, but torch sees no CUDA device; use --device cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UsageError(f"--device {name}, but torch sees {n} GPU(s): cuda:0..cuda:{n - 1}")
+    return device
 
 
 def load(args):
@@ -193,7 +197,9 @@ def cmd_speed(args) -> int:
     device = pick_device(args.device)
     console.doing("benchmarking", "nothing was written")
     with console.progress(transient=True) as progress:
-        table = run_speed(variants, device, progress=console.RunBars(progress))
+        # written after each variant: a run cut short (a time limit, an out-of-memory) keeps the rows it has
+        on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:])  # noqa: E731
+        table = run_speed(variants, device, progress=console.RunBars(progress), on_row=on_row)
     workers = None
     if args.workers > 1:
         from bench.speed import workers_speed
