@@ -63,7 +63,8 @@ class EvalBatch:
 
 
 # What CUDA libraries and torch.compile say when an allocation fails: not always torch.OutOfMemoryError
-OOM_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH")
+# (the host's allocator: "DefaultCPUAllocator: not enough memory")
+OOM_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "not enough memory")
 
 
 def out_of_memory(e: BaseException) -> bool:

@@ -99,13 +99,13 @@ def test_training_steps_do_not_wait_for_the_gpu():
         model=FINETUNE,
         data={**TINY["data"], "limit_train": 1000},
         input={"resolution": 32, "normalize": "imagenet", "augment": "flip-crop"},
-        train={"batch_size": 16, "epochs": 1},
+        train={"batch_size": 8, "epochs": 1},
     )
     ds = data.load(base.data)
     train.fit(base, ds, GPU, feature_cache=False)  # warm: cuDNN's autotuner, lazy CUDA initialisation
     one = sync_warnings(lambda: train.fit(base, ds, GPU, feature_cache=False))
     two = sync_warnings(lambda: train.fit(with_train(base, epochs=2), ds, GPU, feature_cache=False))
-    steps = -(-1000 // 16)
+    steps = -(-1000 // 8)
     # an epoch's syncs (the divergence check every DIVERGENCE_CHECK_STEPS, the epoch timer, validation), not one a step
     assert two - one < steps // 4, (one, two, steps)
 
