@@ -35,14 +35,18 @@ class UsageError(ValueError):
 
 
 def pick_device(name: str = "auto"):
-    """torch.device for 'auto' (CUDA where torch sees it), 'cpu' or 'cuda'."""
+    """torch.device for 'auto' (CUDA where torch sees it), 'cpu', 'cuda' or 'cuda:N'."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no CUDA device; use --device cpu (in Python: device='cpu')")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}, but torch sees no CUDA device; use --device cpu (in Python: device='cpu')")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UsageError(f"--device {name}, but torch sees {n} GPU(s): cuda:0..cuda:{n - 1}")
+    return device
 
 
 def run(

@@ -252,7 +252,9 @@ class TrainConfig(Strict):
     no_decay_norm_bias: bool = False  # no weight decay on norm weights, biases, position embeddings (timm's rule)
     unfreeze_after: int | None = Field(None, ge=0)  # gradual unfreezing: the head alone for this many epochs,
     unfreeze_every: int = Field(1, ge=1)  # then one more stage (from the last down) every this many epochs
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 with a gradient
+    # scaler on older GPUs (T4, V100), fp32 on the CPU (bench.device.autocast_dtype)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the network that trains (inductor; on the CPU it needs a C++ compiler)
     select: Literal["best", "last"] = "best"  # test with the best-validation epoch, or the last
 

@@ -19,7 +19,7 @@ from bench import identity, transforms
 from bench import prefix as bench_prefix
 from bench.config import RunConfig
 from bench.data import Dataset
-from bench.device import autocast
+from bench.device import EvalBatch, autocast, release_memory
 from bench.files import atomic_save
 from bench.transforms import BatchTransform
 
@@ -51,23 +51,43 @@ def predict(
     net: torch.nn.Module,
     x: torch.Tensor,
     transform: BatchTransform | None,
-    batch_size: int,
+    batch_size: int | EvalBatch,
     device: torch.device,
     dtype: torch.dtype | None,
     advance: Callable[[int], None] | None = None,
+    out_dtype: torch.dtype | None = torch.float32,
 ) -> torch.Tensor:
-    """`net` in eval mode over every row of `x` (uint8 images, or features when `transform` is None),
-    in order; float32 outputs on `device`."""
+    """`net` in eval mode over every row of `x` (uint8 images, or features when `transform` is None), in order:
+    one tensor on `device` in `out_dtype` (None: as computed), filled batch by batch (no list and its copy).
+    A batch that runs out of GPU memory is tried again at half the size (an EvalBatch keeps that size)."""
     net.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        batch = x[i : i + batch_size].to(device, non_blocking=True)
-        batch = transform(batch) if transform else batch
-        with autocast(device, dtype):
-            out.append(net(batch).float())
+    out, i, size = None, 0, int(batch_size)
+    while i < len(x):
+        try:
+            batch = x[i : i + size]
+            batch = transform(batch, device) if transform else batch.to(device, non_blocking=True)
+            with autocast(device, dtype):
+                y = net(batch)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            failed = True
+        else:
+            failed = False
+        if failed:  # outside the except block, whose traceback would keep the failed batch's tensors alive
+            batch = y = None
+            release_memory(device)
+            size //= 2
+            if isinstance(batch_size, EvalBatch):
+                batch_size.size = size
+            continue
+        if out is None:
+            out = torch.empty((len(x), *y.shape[1:]), dtype=out_dtype or y.dtype, device=device)
+        out[i : i + len(y)] = y
+        i += len(y)
         if advance:
-            advance(len(batch))
-    return torch.cat(out)
+            advance(len(y))
+    return out if out is not None else torch.empty((0,), dtype=out_dtype or torch.float32, device=device)
 
 
 def split_features(
@@ -95,8 +115,11 @@ def split_features(
     total = len(data.train) + len(data.val) + len(data.test)
     what = "frozen prefix outputs" if prefix else "backbone features"
     advance = progress(f"{what} (computed once, then cached)", total) if progress else None
+    # a frozen prefix's outputs (large) are kept as computed (bf16 under bf16 autocast: half the memory of
+    # fp32, the same values; bench.prefix.Rest upcasts each batch); pooled features as float32
+    out_dtype = None if prefix else torch.float32
     feats = {
-        s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance)
+        s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance, out_dtype)
         for s in ("train", "val", "test")
     }
     nbytes = sum(f.numel() * f.element_size() for f in feats.values())

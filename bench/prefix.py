@@ -8,8 +8,10 @@ it: a feature cache one level down. The results equal the full path's (tests/tes
 
   size     N images x the prefix's output per image (ResNet-50 behind layer3: 1024 x (resolution/16)^2
            floats; 45,000 + 5,000 + 10,000 images at 32 px: 0.98 GB), stated in the run's feature_cache
-  memory   held for the run on the compute device; a prefix that would take more than half of that
-           device's free memory is not cached, and the run says so ('off: ...') and trains the full path
+  memory   held for the run on the compute device, in the autocast dtype (bf16: half of fp32's); a prefix whose
+           outputs and computing peak would take more than half of the memory this process can have there
+           (a GPU's free memory and what torch's allocator holds free) is not cached, and the run says so
+           ('off: ...') and trains the full path
   disk     written to the feature cache for the next run with the same prefix, when under DISK_LIMIT and
            the disk has twice that room; otherwise computed again next time
 
@@ -29,7 +31,7 @@ from torch import nn
 
 from bench import models
 from bench.config import RunConfig
-from bench.device import available_memory
+from bench.device import autocast, memory_available
 
 DISK_LIMIT = 4 * 2**30
 
@@ -43,7 +45,8 @@ class Rest(nn.Module):
         self.backbone, self.head = stages, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        # float32 as the whole network has it here: the outputs may be stored in bf16 (bench.features)
+        return self.head(self.backbone(x.float()))
 
 
 def cacheable(cfg: RunConfig) -> bool:
@@ -87,12 +90,14 @@ def _same(model: models.Classifier, prefix: nn.Module, rest: Rest, resolution: i
         model.train(was)
 
 
-def fits(per_image: int, images: int, device: torch.device, bytes_per_value: int = 4) -> str | None:
-    """None when the prefix's outputs fit in the memory of the device that holds them (the GPU's, or the
-    host's); otherwise why not, for the run's record."""
-    need = per_image * images * bytes_per_value
-    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
-    if available and need > 0.5 * available:
+def fits(outputs: int, batch_peak: int, device: torch.device) -> str | None:
+    """None when the prefix's outputs (`outputs` bytes, held for the run) and the peak of computing one batch of
+    them (`batch_peak` bytes) fit in half the memory this process can have on the device that holds them (the
+    GPU's, counting what torch's allocator holds free, or the host's); otherwise why not, for the run's record.
+    The other half is left for training the rest of the network."""
+    need = outputs + batch_peak
+    available = memory_available(device)
+    if available is not None and need > 0.5 * available:
         where = "GPU memory" if device.type == "cuda" else "memory"
         return (
             f"off: the frozen prefix's outputs need {need / 2**30:.1f} GiB, more than half the "
@@ -108,5 +113,18 @@ def keep_on_disk(path: Path, nbytes: int) -> bool:
 
 
 @torch.no_grad()
-def values_per_image(prefix: nn.Module, resolution: int, device: torch.device) -> int:
-    return prefix(torch.zeros(1, 3, resolution, resolution, device=device)).numel()
+def probe(prefix: nn.Module, resolution: int, device: torch.device, dtype: torch.dtype | None) -> tuple[int, int, int]:
+    """(values per image, bytes per value, peak bytes per image) of the prefix's outputs, as bench.features computes
+    them (eval mode, autocast to `dtype`): the peak is measured on the GPU (max_memory_allocated over a few images)
+    and 0 on the host, where it is small beside the outputs."""
+    x = torch.zeros(PROBE_IMAGES, 3, resolution, resolution, device=device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with autocast(device, dtype):
+        y = prefix(x)
+    peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else 0
+    return y[0].numel(), y.element_size(), peak // PROBE_IMAGES
+
+
+PROBE_IMAGES = 4

@@ -21,7 +21,7 @@ import torch
 
 from bench import data as data_mod
 from bench import identity, record
-from bench.device import device_name
+from bench.device import device_name, out_of_memory, release_memory
 from bench.files import atomic_save, sweep_cache
 from bench.metrics import classification_metrics
 from bench.models import build_backbone, describe_weights
@@ -192,9 +192,7 @@ def execute(
             store.fail(v.run_id, "diverged", str(e), epoch=e.epoch, step=e.step)
             return RunResult(v, "failed", error=str(e))
         except (torch.OutOfMemoryError, MemoryError) as e:  # GPU or host
-            msg = f"out of memory: {e}. Try a smaller train.batch_size or input.resolution"
-            store.fail(v.run_id, "out of memory", msg)
-            return RunResult(v, "failed", error=msg)
+            return _out_of_memory(store, v, e, device)
         except (KeyboardInterrupt, SystemExit):
             raise  # status stays 'running' and the checkpoint stays: the next `bench run` resumes
         except OSError as e:
@@ -210,7 +208,18 @@ def execute(
                 (store.run_dir(v.run_id) / record.STATUS).unlink(missing_ok=True)
             return RunResult(v, "failed", error=msg)
         except Exception as e:
+            if out_of_memory(e):  # a cuDNN or cuBLAS allocation failure, an OOM inside torch.compile
+                return _out_of_memory(store, v, e, device)
             return _failed(store, v, e)
+
+
+def _out_of_memory(store: Store, v: Variant, e: BaseException, device: torch.device) -> RunResult:
+    """Record a run that ran out of memory; what it held is handed back, so the next variant starts clean."""
+    msg = f"out of memory: {e}. Try a smaller train.batch_size or input.resolution"
+    store.fail(v.run_id, "out of memory", msg)
+    e.__traceback__ = None  # its frames hold the failed run's tensors: dropped, they can be handed back
+    release_memory(device)
+    return RunResult(v, "failed", error=msg)
 
 
 def _failed(store: Store, v: Variant, e: Exception) -> RunResult:

@@ -1,6 +1,8 @@
 """`bench speed`: where the time goes, measured side by side in one process on one machine.
 
-For every variant: wall time, seconds per epoch, train and eval images per second, peak memory.
+For every variant: wall time, seconds per epoch, train and eval images per second, peak memory (the
+process's, and the GPU's on CUDA). A compiled variant trains at least two epochs, so its rate is a warm
+epoch's and the compile time is its own column.
 For frozen variants also: the full path (backbone every epoch) vs the feature cache (backbone
 once), a second variant reusing the cached features, and one bare forward pass of the backbone
 over the same images. For trainable variants: the model-only throughput of the same network
@@ -88,7 +90,7 @@ def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, war
 def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     """One forward pass of the backbone over every image of the three splits."""
     cfg = v.config
-    model = build_model(cfg.model, len(ds.classes)).to(device)
+    model = channels_last(build_model(cfg.model, len(ds.classes)).to(device), device)  # as train.fit has it
     transform = transforms.for_run(cfg, ds, False)
     dtype, batch = autocast_dtype(cfg.train, device), eval_batch_size(cfg.train, device)
     _, seconds = timed(
@@ -101,11 +103,20 @@ def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     return seconds
 
 
-def run_speed(variants: list[Variant], device: torch.device, progress=None) -> pd.DataFrame:
-    """The speed table, one row per variant; caches go to a temporary folder and are discarded."""
+def run_speed(variants: list[Variant], device: torch.device, progress=None, on_row=None) -> pd.DataFrame:
+    """The speed table, one row per variant; caches go to a temporary folder and are discarded. `on_row`
+    hears the table so far after each variant (`bench speed` writes it, so a run cut short keeps its rows)."""
     datasets: dict = {}
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [speed_of(v, datasets, Path(tmp) / str(i), device, progress) for i, v in enumerate(variants)]
+        for i, v in enumerate(variants):
+            rows.append(speed_of(v, datasets, Path(tmp) / str(i), device, progress))
+            if on_row:
+                on_row(_table(rows, device))
+    return _table(rows, device)
+
+
+def _table(rows: list[dict], device: torch.device) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.insert(0, "device", device_name(device))
     return table
@@ -114,9 +125,13 @@ def run_speed(variants: list[Variant], device: torch.device, progress=None) -> p
 def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, progress=None) -> dict:
     """One row of the speed table; `cache` is an empty folder (a cold feature cache for the first timing)."""
     cfg = v.config
+    if cfg.train.compile and cfg.train.epochs < 2:  # a warm epoch after the one that compiles
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
     if cfg.data not in datasets:
         datasets[cfg.data] = data_mod.load(cfg.data)  # decoded once, outside the timings
     ds = datasets[cfg.data]
+    if device.type == "cuda":  # this variant's peak, not an earlier one's (bench.prefix's probe resets it too)
+        torch.cuda.reset_peak_memory_stats(device)
     out, seconds = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache, progress=progress), device)
     h = pd.DataFrame(out.history)
     train_s = len(ds.train) / h.train_images_per_sec
@@ -134,11 +149,17 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
         "n_test": len(ds.test),
         "feature_cache": out.feature_cache,
         "wall_s": seconds,
-        # the last epoch's rate: warm, like the model-only timing after its warm-up steps
+        # the last epoch's rate: warm, like the model-only timing after its warm-up steps (a compiled
+        # variant has two epochs or more: the first compiles, and recompiles for the last partial batch)
         "s_per_epoch": h.seconds.mean(),
         "train_img_s": h.train_images_per_sec.iloc[-1],
         "eval_img_s": len(ds.val) / max(1e-9, (h.seconds - train_s).mean()),
     }
+    if device.type == "cuda":  # the run's own peak, before the comparisons below
+        row["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        row["gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    if cfg.train.compile:  # what the first epoch took beyond a warm one: compiling
+        row["compile_s"] = h.seconds.iloc[0] - h.seconds.iloc[1:].mean()
     if features.cacheable(cfg):
         # a twin on the same features, then the backbone every epoch
         _, row["cached_again_s"] = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache), device)

@@ -21,7 +21,17 @@ import torch.nn.functional as F
 from bench import features, prefix, recipes, transforms
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
-from bench.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_name
+from bench.device import (
+    EvalBatch,
+    autocast,
+    autocast_dtype,
+    channels_last,
+    eval_batch_size,
+    grad_scaler,
+    memory_available,
+    precision_name,
+    setup,
+)
 from bench.features import predict
 from bench.files import atomic_save
 from bench.models import build_model
@@ -47,8 +57,15 @@ class Outcome:
     # 'computed' or 'hit' (backbone features), 'prefix computed' or 'prefix hit' (frozen-prefix outputs),
     # 'off' or 'off: why' (the whole network runs every epoch)
     feature_cache: str
-    precision: str  # 'bfloat16' (autocast) or 'fp32'
+    precision: str  # 'bfloat16' or 'float16' (autocast), or 'fp32'
     model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
+
+
+# The divergence check reads the loss back from the device: every this many steps and at the epoch's end,
+# not every step (a sync per step stalls a GPU's queue); the step reported is still the first bad one.
+DIVERGENCE_CHECK_STEPS = 50
+# The whole uint8 data set goes to the GPU when it takes at most this share of the memory there
+DATA_ON_GPU_SHARE = 0.25
 
 
 def seed_everything(seed: int) -> None:
@@ -111,9 +128,10 @@ def fit(
     hears the history after every epoch (the store writes it, the CLI logs it)."""
     seed_everything(cfg.seed)
     tc = cfg.train
+    setup(device)
     dtype = autocast_dtype(tc, device)
     model = channels_last(build_model(cfg.model, len(data.classes)).to(device), device)
-    eval_bs = eval_batch_size(tc, device)
+    eval_bs = EvalBatch(eval_batch_size(tc, device))
     started = time.perf_counter()
 
     if cfg.model.head.kind != "mlp":  # a logreg / k-NN probe on the frozen features: no epochs
@@ -136,6 +154,7 @@ def fit(
     steps_per_epoch = math.ceil(n_used / tc.batch_size)
     too_high = exploded_loss(len(data.classes))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(tc, s, steps_per_epoch))
+    scaler = grad_scaler(device, dtype)  # fp16 only; a pass-through otherwise
 
     history: list[dict] = []
     best = {"acc": -1.0, "epoch": 0, "state": None}
@@ -148,6 +167,8 @@ def fit(
             net.load_state_dict(state["net"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             history, best = state["history"], state["best"]
             torch.set_rng_state(state["rng"])
             if device.type == "cuda" and state.get("cuda_rng") is not None:
@@ -161,29 +182,38 @@ def fit(
         t0 = time.perf_counter()
         trains = recipes.unfreeze(model, cfg, epoch) if tc.unfreeze_after is not None else None
         net.train()
-        order = torch.randperm(n_train).to(device)
+        order = torch.randperm(n_train)
+        # the order where the images are and where the labels are: no per-step copy (and sync) between the two
+        order_x, order = order.to(inputs["train"].device), order.to(device)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        bad_step, bad_loss = torch.full((), -1, device=device), torch.zeros((), device=device)  # the first bad step
         lr_sum = 0.0  # the learning rate each step of this epoch used (history's lr is their mean)
         advance = progress(f"epoch {epoch}/{tc.epochs} train", n_used) if progress else None
         for step, i in enumerate(range(0, n_used, tc.batch_size)):
             idx = order[i : i + tc.batch_size]
-            x = inputs["train"][idx.to(inputs["train"].device)].to(device, non_blocking=True)
-            x = train_tf(x) if train_tf else x
+            x = inputs["train"][order_x[i : i + tc.batch_size]]
+            x = train_tf(x, device) if train_tf else x.to(device, non_blocking=True)
             y = labels["train"][idx]
             with autocast(device, dtype):
                 logits = fwd(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
-            if not bool(loss.isfinite() & (loss <= too_high)):  # one device sync per step, as before
-                raise Diverged(epoch, step, loss.item())
+            first = (bad_step < 0) & ~(loss.isfinite() & (loss <= too_high))  # device tensors: no sync
+            bad_step, bad_loss = torch.where(first, step, bad_step), torch.where(first, loss.detach(), bad_loss)
+            if (step + 1) % DIVERGENCE_CHECK_STEPS == 0:
+                _check_divergence(epoch, bad_step, bad_loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             lr_sum += optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if advance:
                 advance(len(y))
+        _check_divergence(epoch, bad_step, bad_loss)
+        if device.type == "cuda":  # the timer stops when the GPU has done the epoch's work, not when it was queued
+            torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
         advance = progress(f"epoch {epoch}/{tc.epochs} validation", len(labels["val"])) if progress else None
         val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
@@ -217,6 +247,7 @@ def fit(
                     "best": best,
                     "rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 },
             )
         if on_epoch:
@@ -248,18 +279,35 @@ def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, f
     parts = prefix.split(model, cfg) if feature_cache and prefix.cacheable(cfg) else None
     refused = None
     if parts:
-        per_image = prefix.values_per_image(parts[0], cfg.input.resolution, device)
-        refused = prefix.fits(per_image, len(data.train) + len(data.val) + len(data.test), device)
+        per_image, value_bytes, peak = prefix.probe(parts[0], cfg.input.resolution, device, dtype)
+        images = len(data.train) + len(data.val) + len(data.test)
+        refused = prefix.fits(per_image * value_bytes * images, peak * int(eval_bs), device)
         if refused is None:
             outputs, hit = features.split_features(
                 parts[0], data, cfg, device, dtype, eval_bs, cache_dir, progress, prefix=True
             )
             return parts[1], outputs, None, None, "prefix hit" if hit else "prefix computed"
     inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
-    if device.type == "cuda":  # the whole uint8 data set fits on the GPU: no host transfers
-        inputs = {s: x.to(device) for s, x in inputs.items()}
     train_tf, eval_tf = (transforms.for_run(cfg, data, t) for t in (True, False))
+    if data_on_gpu(inputs, device, train_tf.on_host):  # no host transfers
+        inputs = {s: x.to(device) for s, x in inputs.items()}
     return model, inputs, train_tf, eval_tf, refused or "off"
+
+
+def data_on_gpu(inputs: dict[str, torch.Tensor], device: torch.device, augmented_on_host: bool) -> bool:
+    """Whether the uint8 images go to the GPU whole: on CUDA, when they take at most DATA_ON_GPU_SHARE of the
+    memory there (CIFAR at 32 px: 0.18 GB; a set stored at 224 px can be 15 GB or more) and no augmentation
+    runs on the host. Otherwise each batch is copied from pinned host memory."""
+    if device.type != "cuda" or augmented_on_host:
+        return False
+    nbytes = sum(x.numel() * x.element_size() for x in inputs.values())
+    return nbytes <= DATA_ON_GPU_SHARE * memory_available(device)
+
+
+def _check_divergence(epoch: int, bad_step: torch.Tensor, bad_loss: torch.Tensor) -> None:
+    """Raise Diverged for the first step whose loss was not finite or exploded (one device sync)."""
+    if (step := int(bad_step)) >= 0:
+        raise Diverged(epoch, step, float(bad_loss))
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

@@ -58,19 +58,34 @@ class BatchTransform:
             self.mean, self.std = input_stats(model.arch, model.weights)
         else:  # the lab report's plain [0, 1] scaling
             self.mean, self.std = None, None
-        # The policies draw one op per call, so they are applied image by image (at 32 px, cheap)
-        # to keep augmentations independent across the batch.
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean/std, made once per device
+        # The policies draw one op per call, so they are applied image by image to keep augmentations independent
+        # across the batch. On a GPU that is thousands of tiny kernels and a sync per image: they run on the host
+        # instead (`load`, at 32 px cheap), and the augmented batch goes to the GPU from pinned memory.
         self.policy = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment()}.get(self.augment)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def on_host(self) -> bool:
+        """Whether part of the pipeline runs on the host: the images are best kept there (bench.train)."""
+        return self.policy is not None
+
+    def load(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A uint8 batch (on the host or `device`) moved to `device`, the per-image policy applied on the host."""
+        if self.policy is not None:
+            x = torch.stack([self.policy(img) for img in x.cpu()])
+        if device.type == "cuda" and not x.is_cuda:  # pinned: the copy overlaps with the GPU's work
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
+
+    def __call__(self, x: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """The batch `x` through the pipeline, on `device` (default: where `x` is)."""
+        x = self.load(x, device or x.device)
         if self.pixel_mean is not None:  # zero padding pads the mean-subtracted image with zeros, as the paper
             if self.pixel_mean.device != x.device:  # moved once, not on every batch
                 self.pixel_mean = self.pixel_mean.to(x.device)
             x = x.float().div_(255).sub_(self.pixel_mean)
         if self.augment in ("flip-crop", "flip-crop-zero"):
             x = flip_crop(x, mode="reflect" if self.augment == "flip-crop" else "constant")
-        elif self.policy is not None:
-            x = torch.stack([self.policy(img) for img in x])
         if self.pixel_mean is None:
             x = x.float().div_(255)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
@@ -82,12 +97,18 @@ class BatchTransform:
                 antialias=x.shape[-1] > self.resolution,
             )
         if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            mean, std = self.stats(x.device)
             x = (x - mean) / std
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) as (1, 3, 1, 1) tensors on `device`, copied there once: a tensor built from a list on
+        every batch is a blocking host-to-device copy on CUDA."""
+        if device not in self._stats:
+            self._stats[device] = tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        return self._stats[device]
 
 
 def for_run(cfg: RunConfig, data, train: bool) -> BatchTransform:

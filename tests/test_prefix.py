@@ -63,7 +63,7 @@ def test_networks_it_cannot_split_and_settings_it_cannot_use_train_the_full_path
 
 
 def test_a_prefix_too_large_for_memory_is_not_cached_and_the_run_says_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(prefix, "available_memory", lambda: 1_000_000)  # 1 MB available
+    monkeypatch.setattr(prefix, "memory_available", lambda device: 1_000_000)  # 1 MB available
     cfg = config(epochs=1)
     out = train.fit(cfg, data.load(cfg.data), CPU, cache_dir=tmp_path)
     assert out.feature_cache.startswith("off: the frozen prefix's outputs need")

@@ -1,4 +1,6 @@
+import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from bench.speed import check_targets, run_speed
@@ -40,3 +42,30 @@ def test_bench_speed_writes_its_table(write_study, tmp_path):
     table = pd.read_csv(tmp_path / "speed" / "speed.csv")
     assert list(table.variant) == ["baseline"] and table.uncached_over_cached.iloc[0] > 0
     assert "| target | measured | met |" in (tmp_path / "speed" / "speed.md").read_text()
+
+
+def test_bench_speed_writes_each_row_as_its_variant_ends(write_study, tmp_path, monkeypatch):
+    from bench import speed
+    from bench.cli import main
+
+    def fake(v, datasets, cache, device, progress=None):  # the second variant fails, as a time limit would cut it
+        if v.name != "baseline":
+            raise RuntimeError("cut short")
+        return {"variant": v.name, "wall_s": 1.0}
+
+    monkeypatch.setattr(speed, "speed_of", fake)
+    path = write_study({"study": "speed", "defaults": TINY, "ablate": {"train.lr": [0.01]}})
+    with pytest.raises(RuntimeError, match="cut short"):
+        main(["speed", str(path), "--out", str(tmp_path / "speed")])
+    assert list(pd.read_csv(tmp_path / "speed" / "speed.csv").variant) == ["baseline"]
+
+
+def test_a_compiled_variant_is_timed_on_a_warm_epoch_with_its_compile_time_apart(write_study, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model, **k: model)  # no C++ compiler needed: eager stands in
+    defaults = {**TINY, "model": {**TINY["model"], "freeze": "none"}, "train": {**TINY["train"], "epochs": 1}}
+    path = write_study(
+        {"study": "speed", "defaults": defaults, "variants": [{"name": "c", "set": {"train.compile": True}}]}
+    )
+    row = run_speed([v for v in load_study_file(path).variants if v.name == "c"], torch.device("cpu")).iloc[0]
+    assert row.epochs == 2  # the first epoch compiles, the second is the one timed
+    assert "compile_s" in row and np.isfinite(row.compile_s) and row.train_img_s > 0

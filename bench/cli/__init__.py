@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -83,7 +84,13 @@ def parser() -> argparse.ArgumentParser:
         return lambda sp: sp.add_argument("--out", type=Path, default=Path(default), help=help)
 
     def device_arg(sp):
-        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument(
+            "--device",
+            default="auto",
+            type=device_spec,
+            metavar="DEVICE",
+            help="auto (default: the GPU if torch sees one), cpu, cuda or cuda:N (GPU N)",
+        )
 
     def study_file_args(sp):
         sp.add_argument("study", type=Path, help="study file, e.g. ablations.yaml")
@@ -271,6 +278,16 @@ EXAMPLES = {
     "export": "bench export --out runs.csv  # then: pd.read_csv('runs.csv')",
     "cache": "bench cache clear features",
 }
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def device_spec(value: str) -> str:
+    """--device's value, checked by its spelling only (whether the GPU exists is checked when it is used)."""
+    if not DEVICE_RE.match(value):
+        raise argparse.ArgumentTypeError(f"invalid device {value!r}: use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    return value
 
 
 class VersionAction(argparse.Action):

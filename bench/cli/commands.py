@@ -176,7 +176,9 @@ def cmd_speed(args) -> int:
     device = pick_device(args.device)
     console.doing("benchmarking", "nothing was written")
     with console.progress(transient=True) as progress:
-        table = run_speed(variants, device, progress=console.RunBars(progress))
+        # written after each variant: a run cut short (a time limit, an out-of-memory) keeps the rows it has
+        on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:])  # noqa: E731
+        table = run_speed(variants, device, progress=console.RunBars(progress), on_row=on_row)
     workers = None
     if args.workers > 1:
         from bench.speed import workers_speed
