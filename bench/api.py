@@ -85,7 +85,7 @@ def run(
 
 def train(study, variants, store, how, logs, retry_failed: bool, rerun_stale: bool, command: str, progress=True):
     """Drive the runs with the progress display, copying each finished run to the trackers `logs`."""
-    from bench.cli import console
+    from bench import console
     from bench.cost import estimate_tflops
     from bench.runner import Hooks, drive
 
@@ -129,12 +129,13 @@ def effects(results: str | Path = "results", study: str | None = None, baseline:
     import pandas as pd
 
     from bench.report import ReportError, load_runs
+    from bench.report.describe import default_baseline
     from bench.report.tables import effects as compute
 
     root = Path(results)
     study = study or _only_study(root)
     runs_of = load_runs(root, study)
-    baseline = baseline or _baseline(runs_of)
+    baseline = baseline or default_baseline(runs_of)
     if baseline not in runs_of.variants:
         raise ReportError(
             f"no variant '{baseline}' in study '{study}' to measure effects against; its variants are: "
@@ -165,36 +166,11 @@ def effects(results: str | Path = "results", study: str | None = None, baseline:
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS)).astype({"p": float, "p_holm": float})
 
 
-def report(
-    results: str | Path = "results",
-    study: str | None = None,
-    out: str | Path = "reports",
-    formats: tuple[str, ...] = ("md", "tex"),
-    baseline: str | None = None,
-    variant: str | None = None,
-) -> list[Path]:
-    """Write the report (tables, figures, report.md/.tex) of one study or every study; the files written.
-    What the report could not include is raised as warnings (UserWarning)."""
-    import warnings
+def report(*args, **kwargs) -> list[Path]:
+    """Write the report of one study or every study (bench.report.build.write_reports): the files written."""
+    from bench.report.build import write_reports
 
-    from bench.files import check_writable
-    from bench.report.build import FORMATS
-    from bench.report.build import report as write
-
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown or not formats:
-        raise UsageError(f"unknown report format(s) {', '.join(unknown) or '(none)'}; use {', '.join(FORMATS)}")
-    check_writable(Path(out), "report.md", "the report folder (out=)")
-    if baseline is None and study is not None:  # the baseline effects() would take, where there is one
-        from bench.report import load_runs
-
-        baseline = _baseline(load_runs(Path(results), study))
-    files = []
-    for written in write(Path(results), Path(out), study, set(formats), baseline, variant):
-        for w in written.warnings:
-            warnings.warn(w, stacklevel=2)
-        files += written.files
-    return files
+    return write_reports(*args, **kwargs)
 
 
 def _writable_store(results, study_name: str):
@@ -211,12 +187,6 @@ def _trackers(spec, mlflow, tensorboard, wandb: bool) -> list:
     from bench.trackers import trackers
 
     return trackers(spec.name, mlflow or spec.trackers.mlflow, tensorboard or spec.trackers.tensorboard, wandb)
-
-
-def _baseline(runs_of) -> str:
-    """'baseline', or the one variant labelled 'baseline [...]' (run with set=: 'baseline [train.epochs=1]')."""
-    labelled = [v for v in runs_of.variants if v.startswith("baseline [")]
-    return labelled[0] if "baseline" not in runs_of.variants and len(labelled) == 1 else "baseline"
 
 
 def _only_study(root: Path) -> str:

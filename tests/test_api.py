@@ -87,7 +87,7 @@ def test_errors_are_exceptions_with_the_fix_in_them(tmp_path, write_study):
         bench.run(ROOT / "studies/demo.yaml", only="lr=*", results=tmp_path / "r")
     with pytest.raises(ReportError, match="no studies|0 studies"):
         bench.effects(tmp_path / "empty")
-    with pytest.raises(bench.api.UsageError, match="pdf"):
+    with pytest.raises(ReportError, match="pdf"):
         bench.report(tmp_path / "r", formats=("md", "pdf"))
 
 

@@ -51,7 +51,7 @@ def test_list_formats_and_80_columns(write_study, tmp_path, capsys, monkeypatch)
     assert [line.split()[0] for line in lines[2:5]] == ["baseline", "lr=0.01", "lr=0.03"] and "│" not in lines[2]
     from rich.console import Console
 
-    from bench.cli import console
+    from bench import console
 
     with monkeypatch.context() as m:  # at an 80-column terminal: a table that fits
         m.setattr(console, "out", Console(force_terminal=True, width=80, record=True))

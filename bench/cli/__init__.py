@@ -10,7 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from bench.cli import commands, console, tools
+from bench import console
+from bench.cli import commands, tools
 from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
 
 # What a command can raise about its input: the message says what to fix, so no traceback. Named by

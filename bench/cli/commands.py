@@ -6,8 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from bench import console
 from bench.api import UsageError, pick_device  # noqa: F401  (UsageError: re-exported for the other commands)
-from bench.cli import console
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 

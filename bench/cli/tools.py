@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 from rich.markup import escape
 
-from bench.cli import console
+from bench import console
 from bench.cli.commands import EXIT_OK, UsageError, list_status, load
 
 

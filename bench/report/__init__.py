@@ -13,20 +13,18 @@ build.py       `bench report` and `bench compare`
 import sys
 import types
 
-from bench.report.build import FORMATS, compare, report, write_report
+from bench.report.build import FORMATS, compare, report, write_report, write_reports
 from bench.report.runs import ReportError, load_runs, verify
 
 __all__ = ["FORMATS", "ReportError", "compare", "load_runs", "report", "verify", "write_report"]
 
 
 class _CallablePackage(types.ModuleType):
-    """`bench.report(...)` writes a study's report (bench.api.report) while `bench.report` stays this
+    """`bench.report(...)` writes a study's report (build.write_reports) while `bench.report` stays this
     package: a package is its parent's attribute of the same name, so a function there would be replaced."""
 
     def __call__(self, *args, **kwargs):
-        from bench.api import report as write
-
-        return write(*args, **kwargs)
+        return write_reports(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallablePackage

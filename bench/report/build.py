@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import stats
 from bench.files import atomic_write
-from bench.report.describe import best_variant, data_title, made_with, status
+from bench.report.describe import best_variant, data_title, default_baseline, made_with, status
 from bench.report.figures import EXTENSIONS, depth_figure, make_figures
 from bench.report.pages import page_latex, page_markdown
 from bench.report.paper import figure6, reproduction_table
@@ -126,6 +126,34 @@ def report(
                 raise
             written.append(Written(name, [], [f"study {name} skipped: {e}"]))
     return written
+
+
+def write_reports(
+    results: str | Path = "results",
+    study: str | None = None,
+    out: str | Path = "reports",
+    formats: tuple[str, ...] = ("md", "tex"),
+    baseline: str | None = None,
+    variant: str | None = None,
+) -> list[Path]:
+    """`bench.report(...)`: write the report of one study or every study; the files written. What the report
+    could not include is raised as warnings (UserWarning)."""
+    import warnings
+
+    from bench.files import check_writable
+
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ReportError(f"unknown report format(s) {', '.join(unknown) or '(none)'}; use {', '.join(FORMATS)}")
+    check_writable(Path(out), "report.md", "the report folder (out=)")
+    if baseline is None and study is not None:  # the baseline effects() would take, where there is one
+        baseline = default_baseline(load_runs(Path(results), study))
+    files = []
+    for written in report(Path(results), Path(out), study, set(formats), baseline, variant):
+        for w in written.warnings:
+            warnings.warn(w, stacklevel=3)
+        files += written.files
+    return files
 
 
 def _studies(root: Path) -> list[str]:

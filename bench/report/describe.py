@@ -178,6 +178,12 @@ def choices_by_kind(study: StudyRuns) -> dict[str, Choice]:
     return {k: c for k, c in out.items() if c}
 
 
+def default_baseline(study: StudyRuns) -> str:
+    """'baseline', or the one variant labelled 'baseline [...]' (run with set=: 'baseline [train.epochs=1]')."""
+    labelled = [v for v in study.variants if v.startswith("baseline [")]
+    return labelled[0] if "baseline" not in study.variants and len(labelled) == 1 else "baseline"
+
+
 def best_by_kind(study: StudyRuns) -> dict[str, str]:
     return {k: c.variant for k, c in choices_by_kind(study).items()}
 
