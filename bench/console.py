@@ -242,9 +242,12 @@ def comparison(title: str, a: str, b: str, c) -> None:
         f"{100 * c.diff:+.2f}",
     )
     table.add_row(f"{100 * c.confidence:.0f}% CI (points)", "", "", f"{100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}")
-    table.add_row("seeds paired", "", "", str(c.n_seeds))
+    against_mean = c.n_seeds_b > c.n_seeds  # A's one seed against the mean of B's seeds (stats.compare)
+    seeds = f"1 against the mean of {b}'s {c.n_seeds_b}" if against_mean else str(c.n_seeds)
+    table.add_row("seeds paired", "", "", seeds)
     table.add_row("p (paired t over seeds)", "", "", f"{c.p_value:.3g}" if c.p_value is not None else "— (one seed)")
     for i, (d, p, ao, bo) in enumerate(zip(c.per_seed_diff, c.mcnemar_p, c.a_only, c.b_only)):
-        table.add_row(f"pair {i + 1}: only this one right / McNemar p", str(ao), str(bo), f"{100 * d:+.2f} (p={p:.3g})")
+        what = f"against {b}'s seed {i + 1}" if against_mean else f"pair {i + 1}"
+        table.add_row(f"{what}: only this one right / McNemar p", str(ao), str(bo), f"{100 * d:+.2f} (p={p:.3g})")
     out.print(table)
     out.print(escape(c.verdict(a, b)), highlight=False, soft_wrap=True)
