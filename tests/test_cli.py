@@ -73,6 +73,8 @@ def test_listing_a_study_reads_no_report_or_training_modules(tmp_path):
         tmp_path, "-m " + json.dumps(["list", "studies/demo.yaml", "--results", str(tmp_path / "r")])
     )
     assert done.returncode == 0, done.stderr
-    assert "demo: 3 runs" in done.stdout
+    from bench.study import load_study_file
+
+    assert f"demo: {len(load_study_file(ROOT / 'studies' / 'demo.yaml').variants)} runs" in done.stdout
     unneeded = {"matplotlib", "bench.report", "bench.runner", "bench.train", "bench.launch", "bench.trackers"}
     assert not modules & unneeded, sorted(modules & unneeded)
