@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="path without suffix, e.g. bench/weights/cifar_resnet20-cifar10-jpeg")
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--data-dir", help="where the run's images lie now (default: the path it recorded)")
+    ap.add_argument(
+        "--title", help="the data set in words, e.g. 'CIFAR-10 (JPEG copy)' (default: the run's description)"
+    )
     args = ap.parse_args()
 
     store = Store(args.results)
@@ -99,7 +103,8 @@ def main() -> None:
         "weights": weights_path.name,
         "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         "arch": cfg.model.arch,
-        "what": f"the backbone (no head) of {cfg.model.arch} trained from scratch by bench on {metrics.dataset}",
+        "what": f"the backbone (no head) of {cfg.model.arch} trained from scratch by bench on "
+        + (args.title or metrics.dataset),
         "study": header.study,
         "study_file": study.get("file", ""),
         "variant": header.variant,
@@ -120,6 +125,7 @@ def main() -> None:
         "remake": (
             f"bench run {study.get('file') or 'STUDY.yaml'} --only {header.variant} && "
             f"python scripts/export_weights.py results {args.run_id} {args.out}"
+            + (f" --title {shlex.quote(args.title)}" if args.title else "")
         ),
     }
     write_json(args.out.with_suffix(".json"), provenance)
