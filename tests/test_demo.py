@@ -24,11 +24,15 @@ def test_shipped_weights_match_their_provenance():
     study = load_study_file(ROOT / "studies" / "demo.yaml")
     pretrained = {v.name: v.config.model.weights for v in study.variants}
     assert pretrained["baseline"] == f"file:{WEIGHTS}"
-    assert pretrained["random-init-frozen"] == "none"
+    assert pretrained["random-init-frozen"] == pretrained["random-init-finetuned"] == "none"
+    assert pretrained["pretrained-finetuned"] == pretrained["baseline"]
 
 
 @pytest.mark.slow
 def test_pretraining_shows_in_the_demo(tmp_path):
-    runs = bench.run(ROOT / "studies" / "demo.yaml", only=["baseline", "random-init-frozen"], results=tmp_path)
+    """The frozen pair only (features computed once, seconds); the fine-tuned pair is measured in docs/measured.md."""
+    runs = bench.run(
+        ROOT / "studies" / "demo.yaml", only=["baseline", "random-init-frozen"], results=tmp_path, progress=False
+    )
     acc = dict(zip(runs["variant"], runs["test_accuracy"]))
-    assert acc["baseline"] > acc["random-init-frozen"] + 0.2, acc
+    assert acc["baseline"] > acc["random-init-frozen"] + 0.1, acc
