@@ -66,7 +66,7 @@ def random_init_warning(study: StudyRuns) -> str | None:
     )
     if all(_from_scratch(study, v) for v in random):  # He et al.'s CIFAR experiment: random init is the recipe
         return (
-            f"TRAINED FROM SCRATCH: {who} from random weights and trains the whole network, as He et al.'s CIFAR-10 "
+            f"TRAINED FROM SCRATCH: {who} from random weights, training the whole network as He et al.'s CIFAR-10 "
             "experiment does; nothing here is transferred from ImageNet."
         )
     return (

@@ -34,6 +34,14 @@ def paper_recipe(depth: int) -> dict:
     return {**cifar["settings"], **(cifar["resnet110"] if depth == 110 else {})}
 
 
+def _recipe_for(config: dict | None, depth: int) -> dict:
+    """The paper's recipe, without its milestones where another schedule is named (those follow from it)."""
+    recipe = paper_recipe(depth)
+    if ((config or {}).get("train") or {}).get("schedule", "multistep") != "multistep":
+        recipe.pop("train.milestones")
+    return recipe
+
+
 def table6_row(depth: int) -> dict | None:
     rows = references()["he2016"]["tables"]["cifar10"]["rows"]
     return next((r for r in rows if r["layers"] == depth), None)
@@ -64,7 +72,8 @@ def reproduction_rows(study: StudyRuns) -> list[dict]:
                 "delta": None if paper_err is None else float(np.mean(errors)) - paper_err,
                 "iterations": int(last["steps"].iloc[-1]) if last is not None and "steps" in last else None,
                 "n_train": runs[0].metrics.n_train,
-                "differs": differs_from(study.config(v), paper_recipe(depth), PAPER_WORDS) or "the paper's recipe",
+                "differs": differs_from(study.config(v), _recipe_for(study.config(v), depth), PAPER_WORDS)
+                or "the paper's recipe",
                 "data": runs[0].metrics.dataset,
             }
         )
