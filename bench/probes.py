@@ -32,7 +32,7 @@ from torch import nn
 from bench import features
 from bench.device import precision_name
 from bench.files import cache_root
-from bench.train import Outcome
+from bench.outcome import Outcome
 
 L2_GRID = tuple(10.0**e for e in range(5, -7, -1))  # 1e5 .. 1e-6, strongest first (warm starts)
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)

@@ -11,14 +11,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import features, prefix, recipes, transforms
+from bench import features, prefix, probes, recipes, transforms
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
 from bench.device import (
@@ -35,6 +34,7 @@ from bench.device import (
 from bench.features import predict
 from bench.files import atomic_save
 from bench.models import build_model
+from bench.outcome import Outcome
 
 
 class Diverged(Exception):
@@ -46,19 +46,6 @@ class Diverged(Exception):
         super().__init__(
             f"loss became {loss} at epoch {epoch}, step {step}; try a lower train.lr or a warm-up (train.warmup_epochs)"
         )
-
-
-@dataclass
-class Outcome:
-    history: list[dict]  # one row per epoch
-    test_logits: np.ndarray  # (N_test, classes) float32, from the selected epoch's weights
-    best_epoch: int  # the epoch whose weights produced test_logits
-    seconds: float
-    # 'computed' or 'hit' (backbone features), 'prefix computed' or 'prefix hit' (frozen-prefix outputs),
-    # 'off' or 'off: why' (the whole network runs every epoch)
-    feature_cache: str
-    precision: str  # 'bfloat16' or 'float16' (autocast), or 'fp32'
-    model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
 
 
 # The divergence check reads the loss back from the device: every this many steps and at the epoch's end,
@@ -135,8 +122,6 @@ def fit(
     started = time.perf_counter()
 
     if cfg.model.head.kind != "mlp":  # a logreg / k-NN probe on the frozen features: no epochs
-        from bench import probes  # here: bench.probes builds on this module's Outcome
-
         return probes.fit_probe(cfg, model, data, device, dtype, eval_bs, cache_dir, feature_cache, progress, started)
     net, inputs, train_tf, eval_tf, cache_state = _what_trains(
         cfg, model, data, device, dtype, eval_bs, feature_cache, cache_dir or cache_root() / "features", progress
