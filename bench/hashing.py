@@ -1,4 +1,5 @@
-"""Content hashes of files and of bench's own source, the leaf that run identity and the data readers share.
+"""Content hashes of files and of bench's own source, and the libraries' versions: the leaf that run identity,
+the records, the caches and the data readers share.
 
 Hashing is done once per file content and remembered by the file's stats (size, mtime, ctime,
 inode) in `<cache>/fingerprints.json`, so 60,000 images are not re-read on every call.
@@ -7,6 +8,7 @@ inode) in `<cache>/fingerprints.json`, so 60,000 images are not re-read on every
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from functools import cache
 from importlib import metadata
@@ -64,3 +66,17 @@ def bench_version() -> str:
         if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
             source.update(str(p.relative_to(package)).encode() + b"\0" + p.read_bytes())
     return f"{metadata.version('bench')}+{source.hexdigest()[:8]}"
+
+
+LIBRARIES = ("torch", "torchvision", "timm")  # the libraries whose code computes results (runs, features, FLOPs)
+
+
+@cache
+def library_versions() -> dict[str, str]:
+    """{library: version} of LIBRARIES. The modules' own __version__: torch's names its build ('2.5.1+cu124'),
+    which its package metadata lacks; timm's is read from its metadata, the same string, without importing it
+    (seconds)."""
+    return {
+        name: metadata.version(name) if name == "timm" else importlib.import_module(name).__version__
+        for name in LIBRARIES
+    }

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.hashing import bench_version, file_sha256
+from bench.hashing import bench_version, file_sha256, library_versions
 
 if TYPE_CHECKING:  # annotations only
     from bench.config import ModelConfig, RunConfig
@@ -33,7 +33,7 @@ class Fingerprints:
 
 def weights_file(model: ModelConfig) -> Path | None:
     """The file a model's weights load from (it may not exist yet); None for random init."""
-    kind, _, tag = model.weights.partition(":")
+    kind, tag = model.weights_spec.kind, model.weights_spec.tag
     if kind == "file":
         return Path(tag)
     if kind == "torchvision":
@@ -76,16 +76,7 @@ def fingerprints(cfg: RunConfig) -> Fingerprints | None:
 @cache
 def code_versions() -> dict[str, str]:
     """bench's version and a hash of its source, and the versions of the libraries that compute results."""
-    import timm
-    import torch
-    import torchvision
-
-    return {
-        "bench": bench_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-    }
+    return {"bench": bench_version(), **library_versions()}
 
 
 # ---- the run id --------------------------------------------------------------------------------
@@ -121,7 +112,7 @@ def identity(cfg: RunConfig, fp: Fingerprints) -> dict:
             del node[leaf]
     tree["data"]["path"] = None  # where the images lie is not what they are: the fingerprint is
     tree["data"].pop("download", None)
-    if cfg.model.weights.startswith("file:"):
+    if cfg.model.weights_spec.kind == "file":
         tree["model"]["weights"] = "file"
     tree["fingerprints"] = {"data": fp.data, "weights": fp.weights}
     return tree

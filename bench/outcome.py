@@ -1,23 +1,35 @@
-"""What one training run returns (bench.train.fit, bench.probes.fit_probe): a leaf both build on."""
+"""What one training run returns (bench.train.fit, bench.probes.fit_probe): a leaf both build on, and that the
+report reads (no torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from bench.record import HistoryRow
+
+
+class FeatureCache(StrEnum):
+    """What a run's trained part ran on: its records keep the value (metrics.json's feature_cache)."""
+
+    COMPUTED = "computed"  # backbone features, computed by this run
+    HIT = "hit"  # backbone features from the cache: the run's time leaves out the backbone
+    PREFIX_COMPUTED = "prefix computed"  # frozen-prefix outputs (bench.prefix), computed by this run
+    PREFIX_HIT = "prefix hit"  # frozen-prefix outputs from the cache
+    OFF = "off"  # the whole network ran every epoch; 'off: why' where the prefix cache was refused
+
 
 @dataclass
 class Outcome:
-    history: list[dict]  # one row per epoch
+    history: list[HistoryRow]  # one row per epoch
     test_logits: np.ndarray  # (N_test, classes) float32, from the selected epoch's weights
     best_epoch: int  # the epoch whose weights produced test_logits
     seconds: float
-    # 'computed' or 'hit' (backbone features), 'prefix computed' or 'prefix hit' (frozen-prefix outputs),
-    # 'off' or 'off: why' (the whole network runs every epoch)
-    feature_cache: str
+    feature_cache: FeatureCache | str  # a FeatureCache, or 'off: why' (the prefix cache refused)
     precision: str  # 'bfloat16' or 'float16' (autocast), or 'fp32'
     model: torch.nn.Module  # the whole classifier, with the selected epoch's weights

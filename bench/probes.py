@@ -32,7 +32,8 @@ from torch import nn
 from bench import features
 from bench.device import precision_name
 from bench.files import cache_root
-from bench.outcome import Outcome
+from bench.outcome import FeatureCache, Outcome
+from bench.record import HistoryRow
 
 L2_GRID = tuple(10.0**e for e in range(5, -7, -1))  # 1e5 .. 1e-6, strongest first (warm starts)
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
@@ -99,10 +100,12 @@ def _scores(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) -> t
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def _row(i: int, seconds: float, n_train: int, train: tuple, val: tuple, **params) -> dict:
-    row = {"epoch": i, "lr": NAN, "train_loss": train[0], "train_acc": train[1], "val_loss": val[0]}
-    row.update(val_acc=val[1], seconds=seconds, train_images_per_sec=n_train / max(seconds, 1e-9))
-    return {**row, "l2": NAN, "k": NAN, "temperature": NAN, **params, "selected": False}
+def _row(i: int, seconds: float, n_train: int, train: tuple, val: tuple, **params) -> HistoryRow:
+    row = HistoryRow(epoch=i, lr=NAN, train_loss=train[0], train_acc=train[1], val_loss=val[0], val_acc=val[1])
+    row.update(seconds=seconds, train_images_per_sec=n_train / max(seconds, 1e-9), l2=NAN, k=NAN, temperature=NAN)
+    row.update(params)  # the setting tried: l2, or k and temperature
+    row["selected"] = False
+    return row
 
 
 def _best(rows: list[dict]) -> dict:
@@ -223,7 +226,7 @@ def fit_probe(cfg, model, data, device, dtype, batch_size, cache_dir, feature_ca
         test_logits.cpu().numpy(),
         len(history),
         time.perf_counter() - started,
-        "hit" if hit else "computed",
+        FeatureCache.HIT if hit else FeatureCache.COMPUTED,
         precision_name(dtype),
         model,
     )

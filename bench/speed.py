@@ -25,6 +25,7 @@ from bench import data as data_mod
 from bench import features, train, transforms
 from bench.device import autocast, autocast_dtype, channels_last, device_name, eval_batch_size
 from bench.models import build_model
+from bench.outcome import FeatureCache
 from bench.study import Variant
 
 
@@ -170,7 +171,7 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
         row["second_over_first"] = row["cached_again_s"] / seconds
         rss = memory_growth(v, ds, device, cache)
         row["rss_growth_pct"] = 100 * (max(rss) - rss[0]) / rss[0]
-    elif out.feature_cache.startswith("prefix"):
+    elif out.feature_cache in (FeatureCache.PREFIX_COMPUTED, FeatureCache.PREFIX_HIT):
         # the same run on the full path: the frozen prefix runs again in every epoch
         full, row["full_path_s"] = timed(
             lambda: train.fit(cfg, ds, device, feature_cache=False, progress=progress), device

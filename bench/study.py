@@ -281,8 +281,8 @@ def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
     data, model = cfg.data, cfg.model
     if data.path and not Path(data.path).expanduser().is_absolute():
         data = data.model_copy(update={"path": str((base_dir / data.path).resolve())})
-    if model.weights.startswith("file:"):
-        p = Path(model.weights[5:]).expanduser()
+    if model.weights_spec.kind == "file":
+        p = Path(model.weights_spec.tag).expanduser()
         if not p.is_absolute():
             model = model.model_copy(update={"weights": f"file:{(base_dir / p).resolve()}"})
     return cfg.model_copy(update={"data": data, "model": model})

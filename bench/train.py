@@ -34,7 +34,8 @@ from bench.device import (
 from bench.features import predict
 from bench.files import atomic_save
 from bench.models import build_model
-from bench.outcome import Outcome
+from bench.outcome import FeatureCache, Outcome
+from bench.record import HistoryRow
 
 
 class Diverged(Exception):
@@ -205,20 +206,20 @@ def fit(
         # the same loss as in training (label smoothing included), so the two curves are comparable
         val_loss = F.cross_entropy(val_logits, labels["val"], label_smoothing=tc.label_smoothing).item()
         val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
-        history.append(
-            {
-                "epoch": epoch,
-                "steps": epoch * steps_per_epoch,  # optimizer steps (iterations) so far, Figure 6's x-axis
-                "lr": lr_sum / steps_per_epoch,
-                "train_loss": loss_sum.item() / n_used,
-                "train_acc": correct.item() / n_used,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "seconds": time.perf_counter() - t0,
-                "train_images_per_sec": n_used / train_seconds,
-                **({"trains": "+".join(["head", *trains[::-1]])} if trains is not None else {}),
-            }
+        row = HistoryRow(
+            epoch=epoch,
+            steps=epoch * steps_per_epoch,
+            lr=lr_sum / steps_per_epoch,
+            train_loss=loss_sum.item() / n_used,
+            train_acc=correct.item() / n_used,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - t0,
+            train_images_per_sec=n_used / train_seconds,
         )
+        if trains is not None:
+            row["trains"] = "+".join(["head", *trains[::-1]])
+        history.append(row)
         if tc.select == "last" or val_acc > best["acc"]:
             best = {"acc": val_acc, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
         if checkpoint:
@@ -260,7 +261,7 @@ def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, f
     stages on frozen-prefix outputs computed once (bench.prefix), or the whole network on the images."""
     if feature_cache and features.cacheable(cfg):
         feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, cache_dir, progress)
-        return model.head, feats, None, None, "hit" if hit else "computed"
+        return model.head, feats, None, None, FeatureCache.HIT if hit else FeatureCache.COMPUTED
     parts = prefix.split(model, cfg) if feature_cache and prefix.cacheable(cfg) else None
     refused = None
     if parts:
@@ -271,12 +272,12 @@ def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, f
             outputs, hit = features.split_features(
                 parts[0], data, cfg, device, dtype, eval_bs, cache_dir, progress, prefix=True
             )
-            return parts[1], outputs, None, None, "prefix hit" if hit else "prefix computed"
+            return parts[1], outputs, None, None, FeatureCache.PREFIX_HIT if hit else FeatureCache.PREFIX_COMPUTED
     inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
     train_tf, eval_tf = (transforms.for_run(cfg, data, t) for t in (True, False))
     if data_on_gpu(inputs, device, train_tf.on_host):  # no host transfers
         inputs = {s: x.to(device) for s, x in inputs.items()}
-    return model, inputs, train_tf, eval_tf, refused or "off"
+    return model, inputs, train_tf, eval_tf, refused or FeatureCache.OFF
 
 
 def data_on_gpu(inputs: dict[str, torch.Tensor], device: torch.device, augmented_on_host: bool) -> bool:
