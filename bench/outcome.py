@@ -1,9 +1,11 @@
-"""What one training run returns (bench.train.fit, bench.probes.fit_probe): a leaf both build on, and that the
+"""What one fit reads and returns (bench.train.fit, bench.probes.fit_probe): a leaf both build on, and that the
 report reads (no torch)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from bench.config import RunConfig
+    from bench.data import Dataset
+    from bench.device import EvalBatch
     from bench.record import HistoryRow
 
 
@@ -22,6 +27,23 @@ class FeatureCache(StrEnum):
     PREFIX_COMPUTED = "prefix computed"  # frozen-prefix outputs (bench.prefix), computed by this run
     PREFIX_HIT = "prefix hit"  # frozen-prefix outputs from the cache
     OFF = "off"  # the whole network ran every epoch; 'off: why' where the prefix cache was refused
+
+
+@dataclass
+class FitContext:
+    """What every part of one fit reads: the configuration, the classifier, the data, and where and how it runs."""
+
+    cfg: RunConfig
+    model: torch.nn.Module  # the whole classifier: backbone and head
+    data: Dataset
+    device: torch.device
+    dtype: torch.dtype | None  # autocast's; None is fp32
+    eval_bs: EvalBatch  # evaluation's batch size (it halves when a batch runs out of memory)
+    progress: Callable | None = None  # bench.console's progress bars: progress(what, total) -> advance(n)
+    started: float = field(default_factory=time.perf_counter)
+
+    def bar(self, what: str, total: int) -> Callable[[int], None] | None:
+        return self.progress(what, total) if self.progress else None
 
 
 @dataclass
