@@ -46,7 +46,7 @@ def old_tree_sha256(root):
 
 def test_ordinary_trees_and_tar_gz_keep_their_fingerprints(tmp_path):
     root = image_folder(tmp_path / "images")
-    (root / "train" / "cat" / "sub").mkdir()  # a nested folder and a stray file: both counted, as before
+    (root / "train" / "cat" / "sub").mkdir()  # a nested folder and a stray file: both counted
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "cat" / "sub" / "x.png")
     (root / "train" / "README.txt").write_text("notes")
     assert folder.tree_sha256(root) == old_tree_sha256(root)  # existing folder run ids stay
