@@ -7,6 +7,7 @@ Study files (which expand into many of these) are read by `bench.study`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -115,6 +116,23 @@ class HeadConfig(Strict):
     norm: bool = False
 
 
+@dataclass(frozen=True)
+class WeightsSpec:
+    """model.weights read: the one parser of its `kind:tag` spelling, which every reader goes through."""
+
+    kind: str  # none | torchvision | timm | file
+    tag: str  # after the colon: the enum member, timm's <model>[.<tag>] or the state dict's path; '' for none
+
+    @classmethod
+    def parse(cls, weights: str) -> WeightsSpec:
+        kind, _, tag = weights.partition(":")
+        return cls(kind, tag)
+
+    def timm_name(self, arch: str) -> str:
+        """The timm name whose pretrained config applies: the weights' own tag, else a timm arch's model."""
+        return self.tag if self.kind == "timm" else arch.removeprefix("timm:")
+
+
 class ModelConfig(Strict):
     # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision) | timm:<model name>
     # | cifar_resnet20..110, cifar_plain20..110 (He et al.'s CIFAR networks, bench.cifar_nets)
@@ -124,6 +142,10 @@ class ModelConfig(Strict):
     # backbone | none | stem | stem-layer1..3 (ResNets) | stem-stageN (any family)
     freeze: str = "backbone"
     head: HeadConfig = HeadConfig()
+
+    @property
+    def weights_spec(self) -> WeightsSpec:
+        return WeightsSpec.parse(self.weights)
 
     @field_validator("arch")
     @classmethod
@@ -165,7 +187,7 @@ class ModelConfig(Strict):
     def _combination(self):
         """Weights that exist for this arch (library registries, no I/O), stages the model has, probes
         only on a frozen backbone."""
-        kind, _, tag = self.weights.partition(":")
+        kind, tag = self.weights_spec.kind, self.weights_spec.tag
         name = self.arch.removeprefix("timm:")
         if kind == "torchvision":
             if self.arch not in TORCHVISION_ARCHS:

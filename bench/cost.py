@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import metadata
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,6 +19,7 @@ from bench import features, models, prefix
 from bench.config import RunConfig
 from bench.data.catalog import OFFICIAL
 from bench.files import atomic_write, cache_root
+from bench.hashing import library_versions
 
 # (training images, validation images or None: carved from training, test images) per data.source
 SIZES = {
@@ -33,10 +33,7 @@ SIZES = {
 def stage_macs(arch: str, resolution: int) -> dict[str, float]:
     """{'total': multiply-adds of one image's forward pass, then one entry per stage of models.stages
     ('stem', 'layer1'.. or 'stage1'.., 'tail')}; what no stage holds (pooling) is in the total only."""
-    import torchvision
-
-    timm = metadata.version("timm")  # the same string as timm.__version__, without importing timm (seconds)
-    key = f"{arch}@{resolution} torch {torch.__version__} torchvision {torchvision.__version__} timm {timm}"
+    key = f"{arch}@{resolution} " + " ".join(f"{name} {version}" for name, version in library_versions().items())
     path = cache_root() / "flops.json"
     if key in (memo := _read(path)):
         return memo[key]

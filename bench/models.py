@@ -29,6 +29,7 @@ from bench.config import (
     TORCHVISION_ARCHS,
     HeadConfig,
     ModelConfig,
+    WeightsSpec,
     frozen_stages,
     static_stage_names,
     torchvision_weights,
@@ -84,11 +85,12 @@ def _torchvision_enum(arch: str, tag: str):
 
 def build_backbone(weights: str, arch: str = "resnet50") -> nn.Module:
     """The arch without its ImageNet classifier: (N, 3, H, W) -> (N, feature_width) pooled features."""
-    kind, _, tag = weights.partition(":")
+    spec = WeightsSpec.parse(weights)
+    kind, tag = spec.kind, spec.tag
     if arch in CIFAR_ARCHS:  # He et al.'s CIFAR networks: random init or a file, no library weights
         net = cifar_nets.build(arch)
     elif kind == "timm" or arch.startswith("timm:"):
-        net = _timm(tag if kind == "timm" else arch[5:], kind == "timm", weights, arch)
+        net = _timm(spec.timm_name(arch), kind == "timm", weights, arch)
     else:
         import torchvision
 
@@ -244,12 +246,13 @@ def whole_modules(backbone: nn.Module, params: set[str]) -> list[str]:
 def input_stats(arch: str, weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the weights were trained with (`input.normalize: model`): the torchvision enum's
     transforms, or timm's pretrained_cfg; for none/file, those of the arch's default pretrained weights."""
-    kind, _, tag = weights.partition(":")
+    spec = WeightsSpec.parse(weights)
+    kind, tag = spec.kind, spec.tag
     if kind == "timm" or arch.startswith("timm:"):
         from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(tag if kind == "timm" else arch[5:])
+        cfg = get_pretrained_cfg(spec.timm_name(arch))
         return (tuple(cfg.mean), tuple(cfg.std)) if cfg else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     transform = _torchvision_enum(arch, tag if kind == "torchvision" else "IMAGENET1K_V1").transforms()
     return tuple(transform.mean), tuple(transform.std)

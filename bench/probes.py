@@ -32,7 +32,8 @@ from torch import nn
 from bench import features
 from bench.device import precision_name
 from bench.files import cache_root
-from bench.train import Outcome
+from bench.outcome import FeatureCache, FitContext, Outcome
+from bench.record import HistoryRow
 
 L2_GRID = tuple(10.0**e for e in range(5, -7, -1))  # 1e5 .. 1e-6, strongest first (warm starts)
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
@@ -99,10 +100,12 @@ def _scores(logits: torch.Tensor, y: torch.Tensor, log_probs: bool = False) -> t
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def _row(i: int, seconds: float, n_train: int, train: tuple, val: tuple, **params) -> dict:
-    row = {"epoch": i, "lr": NAN, "train_loss": train[0], "train_acc": train[1], "val_loss": val[0]}
-    row.update(val_acc=val[1], seconds=seconds, train_images_per_sec=n_train / max(seconds, 1e-9))
-    return {**row, "l2": NAN, "k": NAN, "temperature": NAN, **params, "selected": False}
+def _row(i: int, seconds: float, n_train: int, train: tuple, val: tuple, **params) -> HistoryRow:
+    row = HistoryRow(epoch=i, lr=NAN, train_loss=train[0], train_acc=train[1], val_loss=val[0], val_acc=val[1])
+    row.update(seconds=seconds, train_images_per_sec=n_train / max(seconds, 1e-9), l2=NAN, k=NAN, temperature=NAN)
+    row.update(params)  # the setting tried: l2, or k and temperature
+    row["selected"] = False
+    return row
 
 
 def _best(rows: list[dict]) -> dict:
@@ -200,19 +203,20 @@ def fit_knn(x_tr, y_tr, x_va, y_va, num_classes: int, ks=K_GRID, temps=T_GRID, a
     return head, rows
 
 
-def fit_probe(cfg, model, data, device, dtype, batch_size, cache_dir, feature_cache, progress, started) -> Outcome:
+def fit_probe(run: FitContext, cache_dir: Path | None, feature_cache: bool) -> Outcome:
     """train.fit for `model.head.kind: logreg | knn`: the backbone's features (bench.features, cached as
     for the mlp head), the probe fitted and selected on train/val, the test split predicted once."""
+    cfg, model, data, device, dtype = run.cfg, run.model, run.data, run.device, run.dtype
     kind = cfg.model.head.kind
     if cfg.input.augment != "none":
         raise ValueError(f"model.head.kind '{kind}' fits on features of un-augmented images: set input.augment: none")
     with tempfile.TemporaryDirectory() as tmp:  # --no-feature-cache: computed and used, never kept or reused
         where = (cache_dir or cache_root() / "features") if feature_cache else Path(tmp)
-        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, batch_size, where, progress)
+        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, run.eval_bs, where, run.progress)
     x = {s: f.to(device).float() for s, f in feats.items()}
     y = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
     n = len(L2_GRID) if kind == "logreg" else len(K_GRID) * len(T_GRID)
-    advance = progress(f"{kind} probe: candidates on validation", n) if progress else None
+    advance = run.bar(f"{kind} probe: candidates on validation", n)
     fit = fit_logreg if kind == "logreg" else fit_knn
     head, history = fit(x["train"], y["train"], x["val"], y["val"], len(data.classes), advance=advance)
     with torch.no_grad():
@@ -222,8 +226,8 @@ def fit_probe(cfg, model, data, device, dtype, batch_size, cache_dir, feature_ca
         history,
         test_logits.cpu().numpy(),
         len(history),
-        time.perf_counter() - started,
-        "hit" if hit else "computed",
+        time.perf_counter() - run.started,
+        FeatureCache.HIT if hit else FeatureCache.COMPUTED,
         precision_name(dtype),
         model,
     )

@@ -25,7 +25,7 @@ from bench.config import RunConfig, TrainConfig
 
 
 def active(tc: TrainConfig) -> bool:
-    """Whether any recipe changes the optimizer's groups (otherwise: one group, exactly as before them)."""
+    """Whether any recipe changes the optimizer's groups (otherwise: one group of every parameter)."""
     return tc.backbone_lr_mult != 1 or tc.layer_decay is not None or tc.no_decay_norm_bias
 
 

@@ -6,8 +6,7 @@ caught in one place (`RecordError`) instead of as a traceback deep in a table.
 
     config.json       RunHeader: run id, study, variant, seed, overrides, the resolved config
     status.json       RunStatus: running | done | failed (+ why), written last
-    history.csv       HISTORY_COLUMNS, one row per epoch: lr is the mean learning rate over the
-                      epoch's steps; train and val loss both include train.label_smoothing
+    history.csv       HistoryRow, one row per epoch (a probe: one per setting tried)
     metrics.json      RunMetrics: test metrics from scikit-learn, selection, timings, provenance
     predictions.csv   PREDICTION_COLUMNS + one probability column per class (p_<class>)
     checkpoint.pt     the last finished epoch, only while the run is unfinished
@@ -17,7 +16,7 @@ caught in one place (`RecordError`) instead of as a traceback deep in a table.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -35,17 +34,28 @@ CONFIG, STATUS, HISTORY, METRICS, PREDICTIONS, CHECKPOINT, WEIGHTS = (
 # ResNet-50 25M (100 MB a run, thousands of MB over a study).
 KEEP_WEIGHTS_MAX = 2_000_000
 DONE_FILES = (METRICS, PREDICTIONS, HISTORY)  # a run is done only when all of these exist
-HISTORY_COLUMNS = (
-    "epoch",
-    "steps",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "seconds",
-    "train_images_per_sec",
-)
+
+
+class HistoryRow(TypedDict, total=False):
+    """One row of history.csv, its keys in column order: an epoch of bench.train, or one setting a probe
+    fitted (bench.probes: no steps, lr NaN, then its l2 / k / temperature and whether it was selected)."""
+
+    epoch: int
+    steps: int  # optimizer steps (iterations) so far, Figure 6's x-axis
+    lr: float  # the mean learning rate over the epoch's steps
+    train_loss: float  # train and val loss both include train.label_smoothing
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    train_images_per_sec: float
+    trains: str  # gradual unfreezing (train.unfreeze_after): what trained this epoch, e.g. 'head+layer4'
+    l2: float  # a probe's settings, NaN where they are another probe's: logreg's l2, k-NN's k and temperature
+    k: float
+    temperature: float
+    selected: bool  # the probe refitted with the chosen setting
+
+
 PREDICTION_COLUMNS = ("index", "label", "pred")
 
 
@@ -92,7 +102,7 @@ class RunMetrics(Record):
     epochs: int
     train_seconds: float
     train_images_per_sec: float
-    feature_cache: str = "off"  # computed | hit | prefix computed | prefix hit | off[: why] (bench.train)
+    feature_cache: str = "off"  # a bench.outcome.FeatureCache value, or 'off: why'
     weights: str = "?"  # in words: 'pretrained (torchvision:IMAGENET1K_V1)' or 'random init ...'
     pretrained: bool = True
     dataset: str = "?"

@@ -23,6 +23,7 @@ from bench import data as data_mod
 from bench import identity, record
 from bench.device import device_name, out_of_memory, release_memory
 from bench.files import atomic_save, sweep_cache
+from bench.hashing import library_versions
 from bench.metrics import classification_metrics
 from bench.models import build_backbone, describe_weights
 from bench.record import RunMetrics
@@ -298,17 +299,10 @@ def _keep_weights(path, model: torch.nn.Module) -> None:
 
 
 def versions() -> dict:
+    """The python and libraries a run's numbers came from (its metrics record them)."""
     import sklearn
-    import timm
-    import torchvision
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
+    return {"python": platform.python_version(), **library_versions(), "scikit-learn": sklearn.__version__}
 
 
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "asimd", "sve")

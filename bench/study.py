@@ -15,7 +15,7 @@ import fnmatch
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -53,6 +53,16 @@ class TrackersConfig(Strict):
     tensorboard: str | None = None  # a folder for event files, relative to the study file
 
 
+class Target(Strict):
+    """A bound that `bench speed` checks a column of its table against, on every row it applies to."""
+
+    column: str  # e.g. uncached_over_cached
+    op: Literal[">=", "<=", "<"]
+    bound: float
+    what: str  # what meeting it means, as speed.md and the console say
+    where: dict[str, Any] = Field(default_factory=dict)  # only the rows with these values, e.g. {freeze: stem-layer3}
+
+
 class StudyFile(Strict):
     study: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
     description: str = ""
@@ -63,6 +73,7 @@ class StudyFile(Strict):
     variants: list[VariantSpec] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     trackers: TrackersConfig = TrackersConfig()
+    targets: list[Target] = Field(default_factory=list)  # `bench speed` only
 
     @field_validator("seeds")
     @classmethod
@@ -96,6 +107,7 @@ class Study:
     variants: list[Variant]
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every variant (`--set`)
     trackers: TrackersConfig = TrackersConfig()
+    targets: list[Target] = field(default_factory=list)
 
     def label(self, v: Variant) -> str:
         """The variant's name in the results, with the settings changed for this invocation:
@@ -258,7 +270,7 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None, g
     if board and not Path(board).expanduser().is_absolute():
         board = str((path.resolve().parent / board).resolve())
     trackers = spec.trackers.model_copy(update={"tensorboard": board})
-    return Study(spec.study, path, spec.description, variants, overrides, trackers)
+    return Study(spec.study, path, spec.description, variants, overrides, trackers, spec.targets)
 
 
 def select(study: Study, patterns: list[str] | None) -> list[Variant]:
@@ -281,8 +293,8 @@ def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
     data, model = cfg.data, cfg.model
     if data.path and not Path(data.path).expanduser().is_absolute():
         data = data.model_copy(update={"path": str((base_dir / data.path).resolve())})
-    if model.weights.startswith("file:"):
-        p = Path(model.weights[5:]).expanduser()
+    if model.weights_spec.kind == "file":
+        p = Path(model.weights_spec.tag).expanduser()
         if not p.is_absolute():
             model = model.model_copy(update={"weights": f"file:{(base_dir / p).resolve()}"})
     return cfg.model_copy(update={"data": data, "model": model})

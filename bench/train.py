@@ -11,14 +11,14 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import features, prefix, recipes, transforms
+from bench import features, prefix, probes, recipes, transforms
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
 from bench.device import (
@@ -35,6 +35,8 @@ from bench.device import (
 from bench.features import predict
 from bench.files import atomic_save
 from bench.models import build_model
+from bench.outcome import FeatureCache, FitContext, Outcome
+from bench.record import HistoryRow
 
 
 class Diverged(Exception):
@@ -46,19 +48,6 @@ class Diverged(Exception):
         super().__init__(
             f"loss became {loss} at epoch {epoch}, step {step}; try a lower train.lr or a warm-up (train.warmup_epochs)"
         )
-
-
-@dataclass
-class Outcome:
-    history: list[dict]  # one row per epoch
-    test_logits: np.ndarray  # (N_test, classes) float32, from the selected epoch's weights
-    best_epoch: int  # the epoch whose weights produced test_logits
-    seconds: float
-    # 'computed' or 'hit' (backbone features), 'prefix computed' or 'prefix hit' (frozen-prefix outputs),
-    # 'off' or 'off: why' (the whole network runs every epoch)
-    feature_cache: str
-    precision: str  # 'bfloat16' or 'float16' (autocast), or 'fp32'
-    model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
 
 
 # The divergence check reads the loss back from the device: every this many steps and at the epoch's end,
@@ -111,6 +100,19 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+@dataclass
+class Loop:
+    """The optimisation of one fit: what a checkpoint saves and resumes, and the shape of its epochs."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # fp16 only; a pass-through otherwise
+    n_used: int  # training images per epoch
+    steps_per_epoch: int
+    history: list[HistoryRow] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": 0, "state": None})  # the selected epoch
+
+
 def fit(
     cfg: RunConfig,
     data: Dataset,
@@ -131,151 +133,182 @@ def fit(
     setup(device)
     dtype = autocast_dtype(tc, device)
     model = channels_last(build_model(cfg.model, len(data.classes)).to(device), device)
-    eval_bs = EvalBatch(eval_batch_size(tc, device))
-    started = time.perf_counter()
+    run = FitContext(cfg, model, data, device, dtype, EvalBatch(eval_batch_size(tc, device)), progress)
 
     if cfg.model.head.kind != "mlp":  # a logreg / k-NN probe on the frozen features: no epochs
-        from bench import probes  # here: bench.probes builds on this module's Outcome
-
-        return probes.fit_probe(cfg, model, data, device, dtype, eval_bs, cache_dir, feature_cache, progress, started)
-    net, inputs, train_tf, eval_tf, cache_state = _what_trains(
-        cfg, model, data, device, dtype, eval_bs, feature_cache, cache_dir or cache_root() / "features", progress
-    )
+        return probes.fit_probe(run, cache_dir, feature_cache)
+    trainee = _what_trains(run, feature_cache, cache_dir or cache_root() / "features")
     labels = {s: getattr(data, s).y.to(device) for s in ("train", "val", "test")}
     # torch.compile (train.compile): training steps go through a compiled forward over the same parameters;
     # evaluation stays eager (eval mode and the last partial batch would each compile another graph)
-    fwd = torch.compile(net) if tc.compile else net
-
-    optimizer = make_optimizer(tc, net)  # every parameter that will ever train, gradual unfreezing included
-    n_train = len(labels["train"])
-    # A last batch of one image is dropped each epoch: BatchNorm cannot normalise a single sample.
-    # The order is reshuffled every epoch, so no image is left out for good.
-    n_used = n_train - 1 if n_train % tc.batch_size == 1 and n_train > 1 else n_train
-    steps_per_epoch = math.ceil(n_used / tc.batch_size)
-    too_high = exploded_loss(len(data.classes))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(tc, s, steps_per_epoch))
-    scaler = grad_scaler(device, dtype)  # fp16 only; a pass-through otherwise
-
-    history: list[dict] = []
-    best = {"acc": -1.0, "epoch": 0, "state": None}
-    start_epoch = 1
+    fwd = torch.compile(trainee.net) if tc.compile else trainee.net
+    loop = _loop(tc, trainee.net, len(labels["train"]), device, dtype)
     if checkpoint and checkpoint.exists():
-        state = _load_checkpoint(checkpoint)
-        # a checkpoint of another network (saved on the full path, resumed where the prefix cache applies, or
-        # the other way round) is not resumed: the run starts over
-        if state is not None and set(state["net"]) == set(net.state_dict()):
-            net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            history, best = state["history"], state["best"]
-            torch.set_rng_state(state["rng"])
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            start_epoch = len(history) + 1
+        resume(checkpoint, trainee.net, loop, device)
 
-    epoch_bar = progress("epochs", tc.epochs) if progress else None
+    start_epoch = len(loop.history) + 1
+    epoch_bar = run.bar("epochs", tc.epochs)
     if epoch_bar and start_epoch > 1:
         epoch_bar(start_epoch - 1)
     for epoch in range(start_epoch, tc.epochs + 1):
         t0 = time.perf_counter()
         trains = recipes.unfreeze(model, cfg, epoch) if tc.unfreeze_after is not None else None
-        net.train()
-        order = torch.randperm(n_train)
-        # the order where the images are and where the labels are: no per-step copy (and sync) between the two
-        order_x, order = order.to(inputs["train"].device), order.to(device)
-        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        bad_step, bad_loss = torch.full((), -1, device=device), torch.zeros((), device=device)  # the first bad step
-        lr_sum = 0.0  # the learning rate each step of this epoch used (history's lr is their mean)
-        advance = progress(f"epoch {epoch}/{tc.epochs} train", n_used) if progress else None
-        for step, i in enumerate(range(0, n_used, tc.batch_size)):
-            idx = order[i : i + tc.batch_size]
-            x = inputs["train"][order_x[i : i + tc.batch_size]]
-            x = train_tf(x, device) if train_tf else x.to(device, non_blocking=True)
-            y = labels["train"][idx]
-            with autocast(device, dtype):
-                logits = fwd(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
-            first = (bad_step < 0) & ~(loss.isfinite() & (loss <= too_high))  # device tensors: no sync
-            bad_step, bad_loss = torch.where(first, step, bad_step), torch.where(first, loss.detach(), bad_loss)
-            if (step + 1) % DIVERGENCE_CHECK_STEPS == 0:
-                _check_divergence(epoch, bad_step, bad_loss)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            lr_sum += optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            if advance:
-                advance(len(y))
-        _check_divergence(epoch, bad_step, bad_loss)
-        if device.type == "cuda":  # the timer stops when the GPU has done the epoch's work, not when it was queued
-            torch.cuda.synchronize(device)
+        loss_sum, correct, lr_sum = train_one_epoch(run, trainee, fwd, loop, labels["train"], epoch)
         train_seconds = time.perf_counter() - t0
-        advance = progress(f"epoch {epoch}/{tc.epochs} validation", len(labels["val"])) if progress else None
-        val_logits = predict(net, inputs["val"], eval_tf, eval_bs, device, dtype, advance)
-        # the same loss as in training (label smoothing included), so the two curves are comparable
-        val_loss = F.cross_entropy(val_logits, labels["val"], label_smoothing=tc.label_smoothing).item()
-        val_acc = (val_logits.argmax(1) == labels["val"]).float().mean().item()
-        history.append(
-            {
-                "epoch": epoch,
-                "steps": epoch * steps_per_epoch,  # optimizer steps (iterations) so far, Figure 6's x-axis
-                "lr": lr_sum / steps_per_epoch,
-                "train_loss": loss_sum.item() / n_used,
-                "train_acc": correct.item() / n_used,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "seconds": time.perf_counter() - t0,
-                "train_images_per_sec": n_used / train_seconds,
-                **({"trains": "+".join(["head", *trains[::-1]])} if trains is not None else {}),
-            }
+        val_loss, val_acc = evaluate(run, trainee, labels["val"], f"epoch {epoch}/{tc.epochs} validation")
+        row = HistoryRow(
+            epoch=epoch,
+            steps=epoch * loop.steps_per_epoch,
+            lr=lr_sum / loop.steps_per_epoch,
+            train_loss=loss_sum.item() / loop.n_used,
+            train_acc=correct.item() / loop.n_used,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - t0,
+            train_images_per_sec=loop.n_used / train_seconds,
         )
-        if tc.select == "last" or val_acc > best["acc"]:
-            best = {"acc": val_acc, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
+        if trains is not None:
+            row["trains"] = "+".join(["head", *trains[::-1]])
+        loop.history.append(row)
+        select(loop, tc, epoch, val_acc, trainee.net)
         if checkpoint:
-            _save_checkpoint(
-                checkpoint,
-                {
-                    "net": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "best": best,
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                },
-            )
+            _save_checkpoint(checkpoint, _checkpoint_state(loop, trainee.net, device))
         if on_epoch:
-            on_epoch(history)
+            on_epoch(loop.history)
         if epoch_bar:
             epoch_bar(1)
 
-    net.load_state_dict(best["state"])
-    advance = progress(f"test (epoch {best['epoch']}'s weights)", len(labels["test"])) if progress else None
-    test_logits = predict(net, inputs["test"], eval_tf, eval_bs, device, dtype, advance)
+    trainee.net.load_state_dict(loop.best["state"])
+    advance = run.bar(f"test (epoch {loop.best['epoch']}'s weights)", len(labels["test"]))
+    test_logits = predict(trainee.net, trainee.inputs["test"], trainee.eval_tf, run.eval_bs, device, dtype, advance)
     return Outcome(
-        history,
+        loop.history,
         test_logits.cpu().numpy(),
-        best["epoch"],
-        time.perf_counter() - started,
-        cache_state,
+        loop.best["epoch"],
+        time.perf_counter() - run.started,
+        trainee.feature_cache,
         precision_name(dtype),
         model,
     )
 
 
-def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, feature_cache, cache_dir, progress):
-    """(the network that trains, its inputs per split, train and eval transforms, the feature_cache state):
-    the head on backbone features computed once (frozen backbone, deterministic inputs), the trainable
+def _loop(tc: TrainConfig, net: torch.nn.Module, n_train: int, device: torch.device, dtype) -> Loop:
+    optimizer = make_optimizer(tc, net)  # every parameter that will ever train, gradual unfreezing included
+    # A last batch of one image is dropped each epoch: BatchNorm cannot normalise a single sample.
+    # The order is reshuffled every epoch, so no image is left out for good.
+    n_used = n_train - 1 if n_train % tc.batch_size == 1 and n_train > 1 else n_train
+    steps_per_epoch = math.ceil(n_used / tc.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(tc, s, steps_per_epoch))
+    return Loop(optimizer, scheduler, grad_scaler(device, dtype), n_used, steps_per_epoch)
+
+
+def resume(path: Path, net: torch.nn.Module, loop: Loop, device: torch.device) -> None:
+    """Continue from the checkpoint at `path`: weights, optimizer, schedule, history and random state."""
+    state = _load_checkpoint(path)
+    # a checkpoint of another network (saved on the full path, resumed where the prefix cache applies, or
+    # the other way round) is not resumed: the run starts over
+    if state is None or set(state["net"]) != set(net.state_dict()):
+        return
+    net.load_state_dict(state["net"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        loop.scaler.load_state_dict(state["scaler"])
+    loop.history, loop.best = state["history"], state["best"]
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def _checkpoint_state(loop: Loop, net: torch.nn.Module, device: torch.device) -> dict:
+    """Everything `resume` reads back, so that a resumed run equals an uninterrupted one."""
+    return {
+        "net": net.state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "history": loop.history,
+        "best": loop.best,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
+    }
+
+
+def train_one_epoch(run: FitContext, trainee: Trainee, fwd, loop: Loop, labels: torch.Tensor, epoch: int):
+    """One pass over the training split in a new random order; (loss sum, correct count) as device tensors and
+    the sum of the learning rates its steps used. Raises Diverged at the first bad loss."""
+    tc, device, inputs = run.cfg.train, run.device, trainee.inputs["train"]
+    too_high = exploded_loss(len(run.data.classes))
+    trainee.net.train()
+    order = torch.randperm(len(labels))
+    # the order where the images are and where the labels are: no per-step copy (and sync) between the two
+    order_x, order = order.to(inputs.device), order.to(device)
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    bad_step, bad_loss = torch.full((), -1, device=device), torch.zeros((), device=device)  # the first bad step
+    lr_sum = 0.0  # the learning rate each step of this epoch used (history's lr is their mean)
+    advance = run.bar(f"epoch {epoch}/{tc.epochs} train", loop.n_used)
+    for step, i in enumerate(range(0, loop.n_used, tc.batch_size)):
+        idx = order[i : i + tc.batch_size]
+        x = inputs[order_x[i : i + tc.batch_size]]
+        x = trainee.train_tf(x, device) if trainee.train_tf else x.to(device, non_blocking=True)
+        y = labels[idx]
+        with autocast(device, run.dtype):
+            logits = fwd(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+        first = (bad_step < 0) & ~(loss.isfinite() & (loss <= too_high))  # device tensors: no sync
+        bad_step, bad_loss = torch.where(first, step, bad_step), torch.where(first, loss.detach(), bad_loss)
+        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0:
+            _check_divergence(epoch, bad_step, bad_loss)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        lr_sum += loop.optimizer.param_groups[0]["lr"]
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        if advance:
+            advance(len(y))
+    _check_divergence(epoch, bad_step, bad_loss)
+    if device.type == "cuda":  # the timer stops when the GPU has done the epoch's work, not when it was queued
+        torch.cuda.synchronize(device)
+    return loss_sum, correct, lr_sum
+
+
+def evaluate(run: FitContext, trainee: Trainee, labels: torch.Tensor, what: str) -> tuple[float, float]:
+    """(loss, accuracy) on the validation split; the same loss as in training (label smoothing included), so
+    the two curves are comparable."""
+    advance = run.bar(what, len(labels))
+    logits = predict(trainee.net, trainee.inputs["val"], trainee.eval_tf, run.eval_bs, run.device, run.dtype, advance)
+    loss = F.cross_entropy(logits, labels, label_smoothing=run.cfg.train.label_smoothing).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
+
+
+def select(loop: Loop, tc: TrainConfig, epoch: int, val_acc: float, net: torch.nn.Module) -> None:
+    """Keep this epoch's weights when they are the best on validation so far (train.select: best) or always
+    (train.select: last)."""
+    if tc.select == "last" or val_acc > loop.best["acc"]:
+        loop.best = {"acc": val_acc, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
+
+
+@dataclass
+class Trainee:
+    """What trains, and on what (_what_trains)."""
+
+    net: torch.nn.Module  # the classifier, or its part after the cached features or prefix outputs
+    inputs: dict[str, torch.Tensor]  # per split: uint8 images, or the cached features / prefix outputs
+    train_tf: Callable | None  # the batch transforms; None on cached inputs
+    eval_tf: Callable | None
+    feature_cache: FeatureCache | str
+
+
+def _what_trains(run: FitContext, feature_cache: bool, cache_dir: Path) -> Trainee:
+    """The head on backbone features computed once (frozen backbone, deterministic inputs), the trainable
     stages on frozen-prefix outputs computed once (bench.prefix), or the whole network on the images."""
+    cfg, model, data, device, dtype, eval_bs = run.cfg, run.model, run.data, run.device, run.dtype, run.eval_bs
     if feature_cache and features.cacheable(cfg):
-        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, cache_dir, progress)
-        return model.head, feats, None, None, "hit" if hit else "computed"
+        feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, cache_dir, run.progress)
+        return Trainee(model.head, feats, None, None, FeatureCache.HIT if hit else FeatureCache.COMPUTED)
     parts = prefix.split(model, cfg) if feature_cache and prefix.cacheable(cfg) else None
     refused = None
     if parts:
@@ -284,14 +317,16 @@ def _what_trains(cfg: RunConfig, model, data: Dataset, device, dtype, eval_bs, f
         refused = prefix.fits(per_image * value_bytes * images, peak * int(eval_bs), device)
         if refused is None:
             outputs, hit = features.split_features(
-                parts[0], data, cfg, device, dtype, eval_bs, cache_dir, progress, prefix=True
+                parts[0], data, cfg, device, dtype, eval_bs, cache_dir, run.progress, prefix=True
             )
-            return parts[1], outputs, None, None, "prefix hit" if hit else "prefix computed"
+            return Trainee(
+                parts[1], outputs, None, None, FeatureCache.PREFIX_HIT if hit else FeatureCache.PREFIX_COMPUTED
+            )
     inputs = {s: getattr(data, s).x for s in ("train", "val", "test")}
     train_tf, eval_tf = (transforms.for_run(cfg, data, t) for t in (True, False))
     if data_on_gpu(inputs, device, train_tf.on_host):  # no host transfers
         inputs = {s: x.to(device) for s, x in inputs.items()}
-    return model, inputs, train_tf, eval_tf, refused or "off"
+    return Trainee(model, inputs, train_tf, eval_tf, refused or FeatureCache.OFF)
 
 
 def data_on_gpu(inputs: dict[str, torch.Tensor], device: torch.device, augmented_on_host: bool) -> bool:

@@ -61,6 +61,17 @@ def test_import_bench_is_light_and_lists_its_api(tmp_path):
     assert "'effects', 'report', 'run', 'runs'" in done.stdout
 
 
+def test_the_report_side_imports_no_training_library(tmp_path):
+    """Reading and reporting stored runs needs pandas and matplotlib, never torch: every report module loads."""
+    code = "import pkgutil, bench.report as r\n"
+    code += "for m in pkgutil.walk_packages(r.__path__, 'bench.report.'): __import__(m.name)"
+    modules, done = imported(tmp_path, code)
+    assert done.returncode == 0, done.stderr
+    assert "bench.report.describe" in modules and "bench.report.build" in modules  # the probe did load them
+    training = {"torch", "torchvision", "timm", "sklearn"}
+    assert not modules & training, f"bench.report imported {sorted(modules & training)}"
+
+
 def test_python_dash_m_bench_is_the_cli():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, env=env, cwd=ROOT)

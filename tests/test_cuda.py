@@ -17,6 +17,7 @@ from bench.config import RunConfig
 from bench.device import NATIVE_BF16, EvalBatch, channels_last, gpu_memory_available
 from bench.features import predict
 from bench.models import build_model
+from bench.outcome import FitContext
 from bench.transforms import BatchTransform
 from tests.helpers import TINY
 
@@ -77,7 +78,8 @@ def test_channels_last_model_and_batches():
 def test_the_uint8_data_set_is_moved_to_the_gpu_once_unless_augmented_on_the_host(augment, on_gpu):
     cfg = config(model={**TINY["model"], "freeze": "none"}, input={"resolution": 32, "augment": augment})
     model = build_model(cfg.model, 10).to(GPU)
-    net, inputs, *_ = train._what_trains(cfg, model, data.load(cfg.data), GPU, torch.bfloat16, 256, False, None, None)
+    run = FitContext(cfg, model, data.load(cfg.data), GPU, torch.bfloat16, 256)
+    inputs = train._what_trains(run, False, None).inputs
     assert all(x.device.type == ("cuda" if on_gpu else "cpu") and x.dtype == torch.uint8 for x in inputs.values())
 
 

@@ -6,6 +6,8 @@ run takes seconds and needs no download."""
 import json
 
 import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score
 
 from bench.cli import main
 from tests.helpers import TINY
@@ -26,19 +28,23 @@ def test_torchvision_and_timm_backbones_run_cache_their_features_and_reach_the_r
     results, out = tmp_path / "results", tmp_path / "reports"
     assert main(["run", str(path), "--results", str(results)]) == 0
 
-    runs = {}
+    runs, predictions = {}, {}
     for d in (results / "runs").iterdir():
         config, metrics = (json.loads((d / f).read_text()) for f in ("config.json", "metrics.json"))
         model = config["config"]["model"]
         runs[model["arch"], model["head"]["kind"]] = metrics
+        predictions[model["arch"], model["head"]["kind"]] = pd.read_csv(d / "predictions.csv")
     assert set(runs) == {(a, k) for a in ARCHS for k in ("mlp", "logreg", "knn")}
     for arch in ARCHS:
         # the first run of a backbone computes its features, the two probes after it read them back
         caches = [runs[arch, k]["feature_cache"] for k in ("mlp", "logreg", "knn")]
         assert caches == ["computed", "hit", "hit"], (arch, caches)
         for kind in ("mlp", "logreg", "knn"):
-            m = runs[arch, kind]
-            assert m["n_test"] == 60 and 0 <= m["test"]["accuracy"] <= 1 and len(m["test"]["confusion_matrix"]) == 10
+            m, pred = runs[arch, kind], predictions[arch, kind]
+            assert m["n_test"] == len(pred) == 60 and len(m["test"]["confusion_matrix"]) == 10
+            # the recorded accuracy is that of the recorded predictions (scikit-learn's, computed here again)
+            assert m["test"]["accuracy"] == pytest.approx(accuracy_score(pred.label, pred.pred))
+            assert sum(map(sum, m["test"]["confusion_matrix"])) == 60
 
     assert main(["report", "--results", str(results), "--out", str(out), "--format", "md"]) == 0
     table = (out / "families" / "tables" / "results.md").read_text()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,11 +67,25 @@ def test_unwritable_places_are_named_before_anything_is_decoded(write_study, tmp
     assert "File name too long" in err and "use a shorter name" in err and "Traceback" not in err
     assert main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "file" / "r")]) == 2
     assert "the report folder (--out)" in capsys.readouterr().err
-    if os.geteuid() != 0:  # root writes anywhere: this case needs an ordinary user
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        assert main(["run", str(path), "--results", str(locked / "results")]) == 2
-        assert "Permission denied" in capsys.readouterr().err
+
+
+def test_a_folder_without_write_permission_is_named(write_study, tmp_path, capsys, monkeypatch):
+    path = write_study({"study": "w", "defaults": TINY})
+    monkeypatch.setattr(data, "load", lambda cfg: pytest.fail("decoded before the check"))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere: the kernel's refusal, as an ordinary user gets it, stands in
+        mkdir = Path.mkdir
+
+        def refused(self, *args, **kwargs):
+            if self.is_relative_to(locked):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", refused)
+    assert main(["run", str(path), "--results", str(locked / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and str(locked / "results") in err and "Traceback" not in err
 
 
 def test_an_alias_bomb_is_refused_quickly(write_study, capsys):

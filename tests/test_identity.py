@@ -12,6 +12,7 @@ from PIL import Image
 
 from bench import identity
 from bench.cli import main
+from bench.data.folder import tree_sha256
 from bench.store import Store
 from tests.helpers import TINY, variants_of
 
@@ -106,12 +107,12 @@ def test_runs_of_other_code_are_shown_and_rerun_only_when_asked(write_study, tmp
 
 def test_fingerprints_are_remembered_not_recomputed(tmp_path, monkeypatch):
     folder = image_folder(tmp_path / "images")
-    first = identity.tree_sha256(folder)
+    first = tree_sha256(folder)
     monkeypatch.setattr(type(folder), "read_bytes", lambda self: pytest.fail(f"re-read {self}"))
-    assert identity.tree_sha256(folder) == first  # stats unchanged: read from the memo
+    assert tree_sha256(folder) == first  # stats unchanged: read from the memo
     monkeypatch.undo()
     (folder / "train" / "cat" / "000.png").write_bytes((folder / "train" / "dog" / "000.png").read_bytes())
-    assert identity.tree_sha256(folder) != first
+    assert tree_sha256(folder) != first
 
 
 class Exploit:

@@ -5,7 +5,7 @@ import torchvision
 from pydantic import ValidationError
 
 from bench import cost, data, models, train
-from bench.config import InputConfig, ModelConfig, RunConfig
+from bench.config import ConfigError, InputConfig, ModelConfig, RunConfig, WeightsSpec
 from bench.models import WeightsError, build_backbone, build_model, frozen_stages, hub_file
 from bench.study import load_study_file
 from bench.transforms import BatchTransform
@@ -189,21 +189,26 @@ def test_timm_weights_load_from_the_hugging_face_cache(tmp_path, monkeypatch):
 )
 def test_arch_weights_and_freeze_are_checked_when_the_study_loads(write_study, model, expected):
     study = {"study": "s", "defaults": {"model": model}}
-    with pytest.raises(Exception, match="invalid study file") as e:
+    with pytest.raises(ConfigError, match="invalid study file") as e:
         load_study_file(write_study(study))
     assert expected in str(e.value)
 
 
 def test_valid_spellings_of_every_family():
-    for model in (
-        {"arch": "resnet50", "weights": "timm:resnet50.a1_in1k"},  # the existing form keeps working
-        {"arch": "timm:convnext_tiny", "weights": "timm:convnext_tiny.fb_in22k", "freeze": "stem-stage2"},
-        {"arch": "timm:convnext_tiny", "weights": "timm:convnext_tiny"},  # timm's default tag
-        {"arch": VIT, "weights": "file:/w.pth", "freeze": "stem-stage11"},
-        {"arch": "resnet101", "weights": "none", "freeze": "stem-stage4"},
-        {"arch": "resnet34", "head": {"kind": "knn"}},
+    """Each loads as written, and its weights read as (kind, tag, the timm name whose pretrained config applies)."""
+    for model, kind, tag, timm_name in (
+        ({"arch": "resnet50", "weights": "timm:resnet50.a1_in1k"}, "timm", "resnet50.a1_in1k", "resnet50.a1_in1k"),
+        (
+            {"arch": "timm:convnext_tiny", "weights": "timm:convnext_tiny.fb_in22k", "freeze": "stem-stage2"},
+            *("timm", "convnext_tiny.fb_in22k", "convnext_tiny.fb_in22k"),
+        ),
+        ({"arch": "timm:convnext_tiny", "weights": "timm:convnext_tiny"}, "timm", "convnext_tiny", "convnext_tiny"),
+        ({"arch": VIT, "weights": "file:/w.pth", "freeze": "stem-stage11"}, "file", "/w.pth", VIT[5:]),
+        ({"arch": "resnet101", "weights": "none", "freeze": "stem-stage4"}, "none", "", "resnet101"),
+        ({"arch": "resnet34", "head": {"kind": "knn"}}, "torchvision", "IMAGENET1K_V1", "resnet34"),
     ):
-        ModelConfig.model_validate(model)
+        cfg = ModelConfig.model_validate(model)
+        assert cfg.weights_spec == WeightsSpec(kind, tag) and cfg.weights_spec.timm_name(cfg.arch) == timm_name
 
 
 def test_stage_names_of_each_family():

@@ -84,7 +84,7 @@ def test_groups_cover_every_parameter_once_and_follow_timms_rules():
     )
     assert where["backbone.norm.weight"]["lr"] == pytest.approx(cfg.train.lr * 0.8)  # the final norm: the last layer
     plain = recipes.param_groups(model, config({"freeze": "none"}).train)
-    assert len(plain) == 1 and len(plain[0]["params"]) == len(names)  # no recipe: one group, as before recipes
+    assert len(plain) == 1 and len(plain[0]["params"]) == len(names)  # no recipe: one group of every parameter
 
 
 def snapshots(cfg, ds, checkpoint, stop_after=None):

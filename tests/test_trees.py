@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import data, identity
+from bench import data
 from bench.config import DataConfig
 from bench.data import folder
 from tests.test_identity import Exploit, image_folder
 
 
 def fingerprint(root):
-    return identity.data_fingerprint(DataConfig(source="folder", path=str(root), val_size=6))
+    return data.data_fingerprint(DataConfig(source="folder", path=str(root), val_size=6))
 
 
 def load(root, **kw):
@@ -46,10 +46,10 @@ def old_tree_sha256(root):
 
 def test_ordinary_trees_and_tar_gz_keep_their_fingerprints(tmp_path):
     root = image_folder(tmp_path / "images")
-    (root / "train" / "cat" / "sub").mkdir()  # a nested folder and a stray file: both counted, as before
+    (root / "train" / "cat" / "sub").mkdir()  # a nested folder and a stray file: both counted
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "cat" / "sub" / "x.png")
     (root / "train" / "README.txt").write_text("notes")
-    assert identity.tree_sha256(root) == old_tree_sha256(root)  # existing folder run ids stay
+    assert folder.tree_sha256(root) == old_tree_sha256(root)  # existing folder run ids stay
     archive = tmp_path / "images.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(root, arcname="images")

@@ -301,7 +301,7 @@ def version() -> str:
     """The installed versions, read from package metadata: importing torch to ask would take seconds."""
     from importlib import metadata
 
-    from bench.identity import bench_version
+    from bench.hashing import LIBRARIES, bench_version
 
-    libraries = ", ".join(f"{name} {metadata.version(name)}" for name in ("torch", "torchvision", "timm"))
+    libraries = ", ".join(f"{name} {metadata.version(name)}" for name in LIBRARIES)
     return f"bench {bench_version()} ({libraries})"

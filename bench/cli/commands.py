@@ -177,7 +177,7 @@ def cmd_speed(args) -> int:
     console.doing("benchmarking", "nothing was written")
     with console.progress(transient=True) as progress:
         # written after each variant: a run cut short (a time limit, an out-of-memory) keeps the rows it has
-        on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:])  # noqa: E731
+        on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:], study.targets)  # noqa: E731
         table = run_speed(variants, device, progress=console.RunBars(progress), on_row=on_row)
     workers = None
     if args.workers > 1:
@@ -185,7 +185,7 @@ def cmd_speed(args) -> int:
 
         console.err.print(f"the same {len(variants)} runs with 1 worker, then {args.workers} workers ...")
         workers = workers_speed(study, variants, args.workers, device)
-    md, targets = write_speed_report(table, args.out, sys.argv[1:], workers)
+    md, targets = write_speed_report(table, args.out, sys.argv[1:], study.targets, workers)
     console.out.width = max(console.out.width, 200)
     console.out.print(md)
     for what, measured, ok in targets:

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,6 +70,34 @@ class Dataset:
         return (self.train.x.sum(0, dtype=torch.float64) / (255 * len(self.train))).float()
 
 
+def data_fingerprint(cfg: DataConfig) -> str:
+    """What the images are. Raises DataError when a folder source does not exist."""
+    from bench.data import official
+    from bench.data.folder import tree_sha256
+    from bench.hashing import file_sha256
+
+    if cfg.source in official.OFFICIAL:  # an official release, read by torchvision
+        return official.fingerprint(cfg)
+    if cfg.source == "digits":
+        return f"digits:{_digits_digest()}"
+    path = Path(cfg.path)
+    if path.is_dir():
+        return "folder:" + tree_sha256(path)[:16]
+    if path.is_file():
+        return "folder:" + file_sha256(path)[:16]
+    raise DataError(
+        f"data.path {path} does not exist: set it to an image-folder tree with train/ and test/, or to its .tar.gz"
+    )
+
+
+@functools.cache
+def _digits_digest() -> str:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return hashlib.sha256(d.images.tobytes() + d.target.tobytes()).hexdigest()[:16]
+
+
 def load(cfg: DataConfig) -> Dataset:
     """Read the source, take the validation split (official, or carved from train), apply the limits."""
     # torch and scikit-learn are imported here, not above: the configuration reads data.catalog, and
@@ -77,7 +106,6 @@ def load(cfg: DataConfig) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     from bench.data import official, sources
-    from bench.identity import data_fingerprint
 
     official.fetch(cfg)  # an official set downloaded where missing and allowed, before it is fingerprinted
     content = data_fingerprint(cfg)

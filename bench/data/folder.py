@@ -1,6 +1,6 @@
 """Image-folder data sets: train/<class>/*, test/<class>/* as a tree or a .tar.gz of one.
 
-Decoded once and cached by the content's fingerprint (bench.identity), so the same images at
+Decoded once and cached by the content's fingerprint (bench.data.data_fingerprint), so the same images at
 another path reuse the cache and other images at the same path never do. Unusual files are
 decoded correctly or refused by name: palette, grey, alpha and CMYK images become RGB; 16-bit
 and 32-bit images are scaled to 8 bits (never clipped); non-image files are ignored.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -22,6 +23,7 @@ import numpy as np
 
 from bench.data import DataError
 from bench.files import atomic_save, cache_root, temp_prefix
+from bench.hashing import bench_version, remembered, stat_key
 
 # The most pixels one image may have: Pillow's own warning threshold (about 89 million, 0.27 GB as RGB), far
 # above any image a benchmark trains on, so a crafted or mistaken huge file is refused by name, not decoded.
@@ -71,13 +73,66 @@ def decoded(content: str, side: int | None, decode) -> tuple[dict[str, tuple[np.
     return splits, classes
 
 
+# Names skipped in a data tree with everything under them: hidden files and folders (`.DS_Store`, macOS's `._x.png`,
+# `.ipynb_checkpoints`, `.git`) and the folder macOS zip and tar tools add; none is an image of the set.
+SKIPPED_PREFIX, SKIPPED_NAMES = ".", ("__MACOSX",)
+
+
+def skipped(name: str) -> bool:
+    return name.startswith(SKIPPED_PREFIX) or name in SKIPPED_NAMES
+
+
+def tree_entries(root: Path) -> list[Path]:
+    """Every folder and regular file under `root`, sorted: the one list the fingerprint hashes and the
+    image-folder reader reads. Skipped names (above) are left out with all they hold. A symbolic link
+    anywhere below `root`, or a special file (a FIFO, a device), raises DataError naming it.
+
+    Links are refused rather than followed: a link's target can change, loop back (`a/loop -> ..`) or lie
+    outside the tree without the tree changing, so the fingerprint and the images trained on could
+    disagree. `root` itself may be a link; a copy (`cp -rL`) or hard links give a tree without any.
+    """
+    entries = []
+    for folder, dirs, files in os.walk(root):  # os.walk never follows links: they are seen and refused below
+        dirs[:] = sorted(d for d in dirs if not skipped(d))
+        for name in [*dirs, *sorted(f for f in files if not skipped(f))]:
+            p = Path(folder) / name
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise DataError(
+                    f"{p} is a symbolic link (to {os.readlink(p)}): bench reads no links inside a data folder (the "
+                    "images trained on must be the images fingerprinted); copy the files in (cp -rL), or point "
+                    "data.path at the folder the link leads to"
+                )
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise DataError(f"{p} is neither a file nor a folder (a FIFO, socket or device); remove it")
+            entries.append(p)
+    return sorted(entries)
+
+
+def tree_sha256(root: Path) -> str:
+    """sha256 over every folder's and file's relative path and every file's bytes under `root`, as
+    `tree_entries` lists them (an empty class folder changes the classes, so folders count), read once per
+    content."""
+    root = Path(root)
+    entries = tree_entries(root)
+    stats = hashlib.sha256("\n".join(stat_key(p) for p in entries).encode()).hexdigest()
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for p in entries:
+            h.update(str(p.relative_to(root)).encode() + (b"/" if p.is_dir() else b"\0"))
+            if p.is_file():
+                h.update(p.read_bytes())
+        return h.hexdigest()
+
+    return remembered(f"tree|{root.resolve()}|{stats}", compute)
+
+
 def decoder_version() -> str:
     """What decodes the images: Pillow and bench's code (a fix to the decoding makes a new cache)."""
     import PIL
 
-    from bench.identity import code_versions
-
-    return hashlib.sha256(f"{PIL.__version__}|{code_versions()['bench']}".encode()).hexdigest()[:8]
+    return hashlib.sha256(f"{PIL.__version__}|{bench_version()}".encode()).hexdigest()[:8]
 
 
 def _extracted(path: Path, content: str) -> Path:
@@ -124,11 +179,9 @@ def square(image, side: int):
 
 
 def samples(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(classes, [(image file, class index)]) of one split, from the files `identity.tree_entries` lists (no
+    """(classes, [(image file, class index)]) of one split, from the files `tree_entries` lists (no
     links, no hidden names: the fingerprint's rule), in torchvision's ImageFolder order."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    from bench.identity import tree_entries
 
     entries = tree_entries(split_dir)
     classes = sorted(p.name for p in entries if p.parent == split_dir and p.is_dir())

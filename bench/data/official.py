@@ -27,7 +27,7 @@ import numpy as np
 from bench.config import DataConfig
 from bench.data import DataError, Raw
 from bench.data.catalog import OFFICIAL, Official
-from bench.data.folder import decoded, square, to_rgb8
+from bench.data.folder import decoded, square, to_rgb8, tree_sha256
 from bench.device import available_memory
 from bench.files import cache_root
 
@@ -62,9 +62,7 @@ def reader(cfg: DataConfig, split: str, download: bool):
 def fingerprint(cfg: DataConfig) -> str:
     """What the set's files are. Sets whose reader checks every file against published md5s: those sums.
     The others (the reader checks only that folders exist): the files' own content, hashed once per
-    content (bench.identity); never downloads (`fetch` does, for `bench run`)."""
-    from bench.identity import tree_sha256
-
+    content (bench.data.folder.tree_sha256); never downloads (`fetch` does, for `bench run`)."""
     spec = OFFICIAL[cfg.source]
     cls = reader_class(spec)
     if spec.verified:

@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 
 from bench.data.catalog import OFFICIAL
+from bench.outcome import FeatureCache
 from bench.report.format import VAL_ACC, mean_of
 from bench.report.runs import Run, StudyRuns
 from bench.util import flatten, fmt_value
@@ -109,16 +110,16 @@ def label(study: StudyRuns, variant: str) -> str:
 def cache_note(study: StudyRuns) -> str | None:
     """Runs that found their frozen-backbone features cached were timed without the backbone."""
 
-    def reused(state: str) -> list[str]:
+    def reused(state: FeatureCache) -> list[str]:
         return [v for v in study.variants if any(r.metrics.feature_cache == state for r in study.done(v))]
 
     notes = []
-    if cached := reused("hit"):
+    if cached := reused(FeatureCache.HIT):
         notes.append(
             f"Training time of {', '.join(cached)} leaves out the frozen backbone's pass over the images: "
             "those runs reused features from the feature cache."
         )
-    if cached := reused("prefix hit"):
+    if cached := reused(FeatureCache.PREFIX_HIT):
         notes.append(
             f"Training time of {', '.join(cached)} leaves out the frozen stages' pass over the images: "
             "those runs reused their outputs from the prefix cache."

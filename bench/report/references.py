@@ -3,6 +3,7 @@ variants, each row with its source and how its recipe differs from the lab's."""
 
 from __future__ import annotations
 
+from bench.config import WeightsSpec
 from bench.report.describe import choice_words, choices_by_kind, data_title, label, references, vs_lab
 from bench.report.format import Table, fmt_mean_std
 from bench.report.runs import StudyRuns
@@ -124,12 +125,13 @@ PAPER_ROWS = {
 
 def documented_top1(arch: str, weights: str) -> float | None:
     """The ImageNet top-1 accuracy (%) torchvision documents for these weights (their enum's meta)."""
-    if not weights.startswith("torchvision:") or arch.startswith("timm:"):
+    spec = WeightsSpec.parse(weights)
+    if spec.kind != "torchvision" or arch.startswith("timm:"):
         return None
     import torchvision
 
     try:
-        enum = torchvision.models.get_model_weights(arch)[weights.partition(":")[2]]
+        enum = torchvision.models.get_model_weights(arch)[spec.tag]
         return float(enum.meta["_metrics"]["ImageNet-1K"]["acc@1"])
     except (KeyError, ValueError):
         return None
