@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.report import load_runs, write_report
-from bench.report.paper import reproduction_rows
+from bench.report.paper import reproduction_rows, reproduction_table
 from tests.helpers import CLASSES, write_manifest, write_run
 
 
@@ -38,6 +38,9 @@ def test_reproduction_table_and_curves(tmp_path):
     assert base["differs"] == "the paper's recipe"
     assert rows["plain56"]["differs"] == "train.lr=0.001"
 
+    table = reproduction_table(study)
+    spec = table.latex().split("\n")[0]
+    assert spec.startswith("\\begin{tabular}{lllr") and spec.count("p{") == 2  # a column spec for every column
     written = write_report(study, tmp_path / "reports", {"md"})
     page = (tmp_path / "reports" / "paper" / "report.md").read_text()
     assert "Table 6 (p. 776) reproduced" in page

@@ -130,6 +130,8 @@ def reproduction_table(study: StudyRuns) -> Table | None:
             "differs from the paper's recipe",
         ],
         body,
+        align="lllrlrrrl",
+        wrap={4: "2.6cm", 8: "6cm"},
     )
 
 
