@@ -14,6 +14,7 @@ Weights load through the libraries' own loaders (torch hub cache, Hugging Face c
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections import Counter
@@ -326,4 +327,16 @@ def _read_state_dict(path: Path, net: nn.Module, arch: str) -> dict:
 
 
 def describe_weights(weights: str) -> str:
-    return "random init (no pretraining)" if weights == "none" else f"pretrained ({weights})"
+    """The weights in words, as the run record and every report page state them. A weights file with a provenance
+    file beside it (scripts/export_weights.py: NAME.json next to NAME.safetensors) is described by its `what`."""
+    if weights == "none":
+        return "random init (no pretraining)"
+    if weights.startswith("file:"):
+        path = Path(weights[5:])
+        try:
+            what = json.loads(path.with_suffix(".json").read_text()).get("what")
+        except (OSError, ValueError, AttributeError):
+            what = None
+        if isinstance(what, str) and what:
+            return f"pretrained: {what} ({path.name})"
+    return f"pretrained ({weights})"

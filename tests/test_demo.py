@@ -36,3 +36,14 @@ def test_pretraining_shows_in_the_demo(tmp_path):
     )
     acc = dict(zip(runs["variant"], runs["test_accuracy"]))
     assert acc["baseline"] > acc["random-init-frozen"] + 0.1, acc
+
+
+def test_pages_name_the_shipped_weights_for_what_they_are():
+    from bench.models import describe_weights
+
+    said = describe_weights(f"file:{WEIGHTS}")
+    assert said.startswith(
+        "pretrained: the backbone (no head) of cifar_resnet20 trained from scratch by bench on CIFAR-10"
+    )
+    assert "CIFAR-10, the shared JPEG copy" in said and "ImageNet" not in said
+    assert describe_weights("file:/nowhere/w.pth") == "pretrained (file:/nowhere/w.pth)"  # no provenance: as given
