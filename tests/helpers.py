@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import zlib
 from pathlib import Path
 
@@ -12,6 +14,20 @@ from bench.files import write_json
 from bench.metrics import classification_metrics
 from bench.record import RunHeader, RunMetrics, StudyEntry, StudyManifest
 from bench.store import Store
+
+
+def extra_installed(*modules: str) -> bool:
+    """Whether an optional extra's modules import; in CI, which installs every extra, a missing one is a broken
+    install and fails instead of skipping."""
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        return False
+    return True
+
 
 # The JPEG copy of CIFAR-10 that CI and every developer have beside the checkout.
 SHARED_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

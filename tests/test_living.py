@@ -1,14 +1,13 @@
 """Living with a long study: live history, listings, show, dry runs, export, trackers, cache, version."""
 
 import json
-import os
 
 import pandas as pd
 import pytest
 
 from bench.cli import main
 from bench.store import Store
-from tests.helpers import TINY, variants_of
+from tests.helpers import TINY, extra_installed, variants_of
 
 
 def study(write_study, **extra):
@@ -86,19 +85,9 @@ def test_export_is_one_tidy_table(write_study, tmp_path):
         assert table.test_accuracy[0] == pytest.approx(metrics.test.accuracy)
 
 
-def trackers_installed() -> bool:
-    try:
-        import mlflow  # noqa: F401
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):  # CI installs the extra: missing there is a broken install, not a skip
-            raise
-        return False
-    return True
-
-
 @pytest.mark.skipif(
-    not trackers_installed(), reason="the trackers extra is not installed: pip install -e '.[trackers]'"
+    not extra_installed("mlflow", "tensorboard"),
+    reason="the trackers extra is not installed: pip install -e '.[trackers]'",
 )
 def test_mlflow_and_tensorboard_hold_every_finished_run(write_study, tmp_path, capsys):
     from mlflow.tracking import MlflowClient

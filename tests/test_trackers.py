@@ -11,17 +11,7 @@ import pytest
 
 import bench
 from bench.store import Store
-from tests.helpers import TINY
-
-
-def wandb_installed() -> bool:
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):  # CI installs the extra: missing there is a broken install, not a skip
-            raise
-        return False
-    return True
+from tests.helpers import TINY, extra_installed
 
 
 def records(path: Path):
@@ -64,7 +54,7 @@ def read_offline_run(folder: Path) -> dict:
     return out
 
 
-@pytest.mark.skipif(not wandb_installed(), reason="the wandb extra is not installed: pip install -e '.[wandb]'")
+@pytest.mark.skipif(not extra_installed("wandb"), reason="the wandb extra is not installed: pip install -e '.[wandb]'")
 def test_wandb_offline_run_holds_the_config_history_and_test_metrics(write_study, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
