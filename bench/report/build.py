@@ -21,7 +21,7 @@ from bench.report.pages import page_latex, page_markdown
 from bench.report.paper import figure6, reproduction_table
 from bench.report.references import depth_rows, depth_table, references_table
 from bench.report.runs import ReportError, StudyRuns, load_runs
-from bench.report.tables import effects_table, paired, per_class_table, results_table
+from bench.report.tables import effects, effects_table, paired, per_class_table, results_table
 from bench.store import Store
 from bench.util import did_you_mean
 
@@ -66,8 +66,10 @@ def write_report(
     variant = variant or best_variant(study)
 
     tables = [results_table(study, baseline)]
+    found = None  # the ablation effects, computed once for their table and their figure
     if baseline and study.done(baseline):
-        tables.append(effects_table(study, baseline))
+        found = effects(study, baseline)
+        tables.append(effects_table(study, baseline, found))
     elif baseline:
         warnings.append(
             f"study {study.name}: baseline '{baseline}' has no finished run "
@@ -81,9 +83,7 @@ def write_report(
     if depth := depth_table(study, baseline):
         tables.append(depth)
     captions = make_figures(study, variant, out / "figures", formats, baseline) if variant else {}
-    if any(t.name == "effects" for t in tables) and (
-        caption := effects_figure(study, baseline, out / "figures" / "effects", formats)
-    ):
+    if found is not None and (caption := effects_figure(study, baseline, out / "figures" / "effects", formats, found)):
         captions["effects"] = caption
     if reproduction:
         captions.update(figure6(study, out / "figures", formats))

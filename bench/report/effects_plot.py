@@ -42,9 +42,12 @@ def forest_points(found: list[Effect], study: StudyRuns) -> list[Point]:
     ]
 
 
-def effects_figure(study: StudyRuns, baseline: str, stem: Path, formats: set[str]) -> str | None:
-    """Draw the forest plot; its caption, or None when no variant could be compared with the baseline."""
-    found = effects(study, baseline)
+def effects_figure(
+    study: StudyRuns, baseline: str, stem: Path, formats: set[str], found: list[Effect] | None = None
+) -> str | None:
+    """Draw the forest plot of `found` (the effects table's, else computed here); its caption, or None when no
+    variant could be compared with the baseline."""
+    found = effects(study, baseline) if found is None else found
     points = forest_points(found, study)
     if not points:
         return None

@@ -160,7 +160,8 @@ def effects(study: StudyRuns, baseline: str) -> list[Effect]:
     return out
 
 
-def effects_table(study: StudyRuns, baseline: str) -> Table:
+def effects_table(study: StudyRuns, baseline: str, found: list[Effect] | None = None) -> Table:
+    """The effects (`found`, else computed here) as a table."""
     ci = f"{100 * stats.CONFIDENCE:.0f}%"
     columns = [
         "variant",
@@ -173,7 +174,7 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
         "per-seed Δ (McNemar p)",
     ]
     rows, bold = [], set()
-    found = effects(study, baseline)
+    found = effects(study, baseline) if found is None else found
     for i, e in enumerate(found):
         head, c = [label(study, e.variant), what_differs(study, e.variant, baseline)], e.comparison
         if c is None:
