@@ -281,12 +281,17 @@ def test_report_page_links_figures_and_states_provenance(store, tmp_path):
     assert main(["report", "--results", str(store), "--out", str(out), "--format", "md", "--variant", "lr=0.01"]) == 0
     page = (out / "ablations" / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    assert sorted(links) == ["figures/accuracy_vs_time.png", "figures/confusion.png", "figures/learning_curves.png"]
+    assert sorted(links) == [
+        "figures/accuracy_vs_time.png",
+        "figures/confusion.png",
+        "figures/effects.png",
+        "figures/learning_curves.png",
+    ]
     for link in links:
         assert (out / "ablations" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "`bench run ablations.yaml`" in page and "CIFAR-10 (test fixture)" in page and "CPU (test)" in page
     assert "- **Hardware:** not recorded" in page  # records from before the hardware was recorded still read
-    for name in ("confusion", "learning_curves", "accuracy_vs_time"):  # each caption: weights and data
+    for name in ("confusion", "effects", "learning_curves", "accuracy_vs_time"):  # each caption: weights and data
         caption = page.split(f"figures/{name}.png)", 1)[1].split("##", 1)[0]
         assert r"Weights and data: pretrained (torchvision:IMAGENET1K\_V1); CIFAR-10." in caption
     assert "Per-class test metrics of 'lr=0.01'" in page
@@ -439,3 +444,121 @@ def test_provenance_shows_each_runs_hardware(store):
     set_metrics(store, "baseline-0", hardware={"cpu": "AMD EPYC", "isa": "AVX512 (avx2 avx512f)", "gpu": "none"})
     got = dict(pages.provenance(load_runs(store, "ablations")))["Hardware"]
     assert got.startswith("not recorded (") and "CPU AMD EPYC (AVX512 (avx2 avx512f)), GPU none (1 run)" in got
+
+
+def test_the_forest_plot_draws_the_effects_as_computed(store, tmp_path):
+    from bench.report import effects_plot
+
+    write_run(store, "one-0", "one seed", 0, 0.85)
+    manifest = json.loads((store / "studies" / "ablations.json").read_text())
+    manifest["variants"].append({**manifest["variants"][0], "name": "one seed", "seed": 0, "run_id": "one-0"})
+    (store / "studies" / "ablations.json").write_text(json.dumps(manifest))
+    study = load_runs(store, "ablations")
+    found = tables.effects(study, "baseline")
+    points = effects_plot.forest_points(found, study)
+    compared = [e for e in found if e.comparison is not None]
+    assert [p.variant for p in points] == [e.variant for e in compared]
+    assert [p.diff for p in points] == pytest.approx([100 * e.comparison.diff for e in compared])
+    assert [x for p in points for x in (p.low, p.high)] == pytest.approx(
+        [100 * x for e in compared for x in (e.comparison.ci_low, e.comparison.ci_high)]
+    )
+    for p, e in zip(points, compared):
+        assert (p.significant, p.seed_level) == (e.comparison.significant(p_adjusted=e.p_holm), e.comparison.seed_level)
+    by = {p.variant: p for p in points}
+    assert by["freeze=none"].seed_level and not by["one seed"].seed_level and not by["one seed"].significant
+    points.append(effects_plot.Point("clear", 5.0, 4.0, 6.0, significant=True, seed_level=True))
+    fig = effects_plot.forest(points, "baseline", "w; d")
+    dots = [line for line in fig.axes[0].lines if line.get_gid() == "delta"]
+    assert [float(d.get_xdata()[0]) for d in dots] == pytest.approx([p.diff for p in points])
+    for d, p in zip(dots, points):  # filled: a seed-level comparison; red: significant after Holm
+        assert (d.get_markerfacecolor() == d.get_color()) == p.seed_level
+        assert (d.get_color() == "C3") == p.significant
+    caption = effects_plot.effects_figure(study, "baseline", tmp_path / "effects", {"md", "tex"})
+    assert "hollow: one seed (one seed)" in caption and "Weights and data: pretrained" in caption
+    assert (tmp_path / "effects.png").exists() and (tmp_path / "effects.pdf").exists()
+    out = tmp_path / "reports"
+    assert main(["report", "--results", str(store), "--out", str(out)]) == 0
+    page = (out / "ablations" / "report.md").read_text()
+    effects_section = page.split("## Ablation effects", 1)[1].split("## ", 1)[0]
+    assert "![ablation effects](figures/effects.png)" in effects_section
+    assert "figures/effects.pdf" in (out / "ablations" / "report.tex").read_text()
+
+
+def test_learning_curves_in_percent_with_seed_bands_and_the_tested_epoch(store, tmp_path):
+    from bench.report import curves
+
+    study = load_runs(store, "ablations")
+    data = curves.curve_data(study)
+    base = data["baseline"]
+    accs = [100 * r.history["val_acc"] for r in study.done("baseline")]
+    assert base.seeds == 3 and base.tested == [2]
+    assert list(base.mean["val_acc"]) == pytest.approx(list(sum(accs) / 3))
+    assert list(base.high["val_acc"]) == pytest.approx(list(np.max(accs, axis=0)))
+    fig = curves.learning_curves(data, "baseline", "w; d", tmp_path / "lc", {"md"})
+    val = fig.axes[3]
+    assert val.get_ylim()[1] > 50  # percent, not a 0-1 fraction
+    assert val.lines[-2].get_color() == "black" and val.lines[-2].get_linewidth() > val.lines[0].get_linewidth()
+    stars = [line for line in val.lines if line.get_gid() == "tested"]
+    assert [list(s.get_xdata()) for s in stars] == [c.tested for c in data.values() if c.variant != "baseline"] + [[2]]
+    assert len(val.collections) == len(data)  # a seed band per variant with several seeds
+    caption = curves.curves_caption(data, "baseline", "w; d")
+    assert "accuracy (%)" in caption and "lowest to the highest seed" in caption and "tested" in caption
+
+
+def test_facts_every_row_shares_go_to_the_results_caption(store):
+    for run in (store / "runs").iterdir():
+        if (run / "config.json").exists():
+            set_config(store, run.name, "data", source="cifar100")
+            set_config(store, run.name, "train", epochs=3)
+    study = load_runs(store, "ablations")
+    table = tables.results_table(study, "baseline")
+    column = table.columns.index("vs the lab's recipe")
+    shared = describe.lab_differences(study.config("baseline"))
+    assert len(shared) == 2 and "Every row differs from the lab's recipe in: " + ", ".join(shared) in table.caption
+    for fact in shared:
+        assert table.caption.count(fact) == 1
+        assert not any(fact in row[column] for row in table.rows)
+    rows = {r[0]: r[column] for r in table.rows}
+    assert rows["baseline"] == "nothing else" and rows["freeze=none"] not in ("", "nothing else")
+    assert "vs the lab" in table.latex() and "nothing else" in table.markdown()
+
+
+def test_the_depth_figure_has_a_series_per_head(tmp_path):
+    root = tmp_path / "results"
+    variants = []
+    for arch, shift in (("resnet18", 0.05), ("resnet50", 0.0), ("resnet101", -0.05)):
+        for kind, p in (("mlp", 0.6), ("logreg", 0.65), ("knn", 0.5)):
+            name = "baseline" if (arch, kind) == ("resnet50", "mlp") else f"{arch},{kind}"
+            for seed in range(2):
+                run_id = f"{arch}-{kind}-{seed}"
+                write_run(root, run_id, name, seed, p + shift, weights="none")
+                set_config(root, run_id, "model", arch=arch, head={"kind": kind})
+                set_metrics(root, run_id, pretrained=False, weights="random init (no pretraining)")
+                variants.append((name, seed, run_id, {}))
+    write_manifest(root, "depth", variants)
+    study = load_runs(root, "depth")
+    assert len(references.depth_rows(study, "baseline")) == 3  # the table: the lab's head only
+    rows = references.depth_rows(study, "baseline", heads=True)
+    assert sorted({r["head"] for r in rows}) == ["knn", "logreg", "mlp"] and len(rows) == 9
+    out = tmp_path / "reports"
+    assert main(["report", "--results", str(root), "--out", str(out), "--format", "md"]) == 0
+    page = (out / "depth" / "report.md").read_text()
+    assert "One series per head (model.head.kind): mlp, logreg, knn" in page.split("figures/depth.png)", 1)[1]
+    captured = {}
+    real = figures.new_figure
+    figures.new_figure = lambda *a: captured.setdefault("fig", real(*a))
+    try:
+        figures.depth_figure(rows, "w; d", "CIFAR-10", tmp_path / "depth", {"md"})
+    finally:
+        figures.new_figure = real
+    fig = captured["fig"]
+    series = {c.get_label(): c for c in fig.axes[0].containers}
+    assert sorted(series) == ["head: knn", "head: logreg", "head: mlp (the lab's)"]
+    line = series["head: logreg"].lines[0]
+    assert list(line.get_xdata()) == [18, 50, 101]
+    assert list(line.get_ydata()) == pytest.approx(
+        [
+            np.mean(r["acc"])
+            for r in sorted((r for r in rows if r["head"] == "logreg"), key=lambda r: r["arch"][6:].zfill(3))
+        ]
+    )

@@ -4,7 +4,7 @@ its pages. The orchestration only; each table, figure and page is built in its o
     reports/<study>/report.md                 tables inline, figures linked, provenance
                     report.tex                standalone article: \\input's the tables, the PDFs
                     tables/<name>.md|.tex     results, effects, per_class, references
-                    figures/<name>.png|.pdf   confusion, learning_curves, data_size, accuracy_vs_time, depth
+                    figures/<name>.png|.pdf   confusion, effects, learning_curves, data_size, accuracy_vs_time, depth
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from pathlib import Path
 from bench import stats
 from bench.files import atomic_write
 from bench.report.describe import best_variant, data_title, default_baseline, made_with, status
+from bench.report.effects_plot import effects_figure
 from bench.report.figures import EXTENSIONS, depth_figure, make_figures
 from bench.report.pages import page_latex, page_markdown
 from bench.report.paper import figure6, reproduction_table
 from bench.report.references import depth_rows, depth_table, references_table
 from bench.report.runs import ReportError, StudyRuns, load_runs
-from bench.report.tables import effects_table, paired, per_class_table, results_table
+from bench.report.tables import effects, effects_table, paired, per_class_table, results_table
 from bench.store import Store
 from bench.util import did_you_mean
 
@@ -65,8 +66,10 @@ def write_report(
     variant = variant or best_variant(study)
 
     tables = [results_table(study, baseline)]
+    found = None  # the ablation effects, computed once for their table and their figure
     if baseline and study.done(baseline):
-        tables.append(effects_table(study, baseline))
+        found = effects(study, baseline)
+        tables.append(effects_table(study, baseline, found))
     elif baseline:
         warnings.append(
             f"study {study.name}: baseline '{baseline}' has no finished run "
@@ -79,11 +82,13 @@ def write_report(
     tables.append(references_table(study))
     if depth := depth_table(study, baseline):
         tables.append(depth)
-    captions = make_figures(study, variant, out / "figures", formats) if variant else {}
+    captions = make_figures(study, variant, out / "figures", formats, baseline) if variant else {}
+    if found is not None and (caption := effects_figure(study, baseline, out / "figures" / "effects", formats, found)):
+        captions["effects"] = caption
     if reproduction:
         captions.update(figure6(study, out / "figures", formats))
     if depth:
-        rows = depth_rows(study, baseline)
+        rows = depth_rows(study, baseline, heads=True)
         arms = [r["variant"] for r in rows]
         data = " / ".join(dict.fromkeys(data_title(r) for v in arms for r in study.done(v)))
         captions["depth"] = depth_figure(rows, made_with(study, arms), data, out / "figures" / "depth", formats)

@@ -54,7 +54,12 @@ def vs_lab(config: dict | None) -> str:
     """How a stored run config differs from the lab report's recipe (bench/references.yaml)."""
     if not config:
         return "?"
-    return differs_from(config, references()["lab_report"]["settings"], LAB_WORDS) or "the lab's recipe"
+    return ", ".join(lab_differences(config)) or "the lab's recipe"
+
+
+def lab_differences(config: dict) -> list[str]:
+    """The settings of a stored run config that differ from the lab report's recipe, each in words."""
+    return differences(config, references()["lab_report"]["settings"], LAB_WORDS)
 
 
 def differs_from(config: dict | None, settings: dict, words: dict) -> str:
@@ -62,6 +67,10 @@ def differs_from(config: dict | None, settings: dict, words: dict) -> str:
     '' when none does, '?' without a config."""
     if not config:
         return "?"
+    return ", ".join(differences(config, settings, words))
+
+
+def differences(config: dict, settings: dict, words: dict) -> list[str]:
     own = flatten(config)
     said = []
     for key, ref in settings.items():
@@ -70,7 +79,7 @@ def differs_from(config: dict | None, settings: dict, words: dict) -> str:
             value, ref = tuple(float(x) for x in value), tuple(float(x) for x in ref)
         if value != ref:
             said.append(words.get(key, {}).get(value, f"{key}={fmt_value(value) if value != () else '[]'}"))
-    return ", ".join(said)
+    return said
 
 
 def status(study: StudyRuns, variant: str) -> str:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from bench.files import atomic_save
 from bench.report.describe import is_random_init, made_with
@@ -27,7 +25,9 @@ EXTENSIONS = {"md": "png", "tex": "pdf"}
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -> dict[str, str]:
+def make_figures(
+    study: StudyRuns, variant: str, out: Path, formats: set[str], baseline: str | None = None
+) -> dict[str, str]:
     """Write the confusion matrix, learning curves, accuracy against compute and data-size figures; returns
     {figure name: caption}. Every title and caption says what weights and data made it."""
     made = {}
@@ -40,18 +40,12 @@ def make_figures(study: StudyRuns, variant: str, out: Path, formats: set[str]) -
         f"Confusion matrix of '{variant}' on the test set, normalised per true class "
         f"(rows sum to 1; {len(runs)} seed(s) pooled). Weights and data: {what}."
     )
-    curves = {}
-    for v in study.variants:
-        # probes have one history row per hyper-parameter candidate, not per epoch: no curve
-        histories = [r.history for r in study.done(v) if r.history is not None and "selected" not in r.history]
-        if histories:
-            curves[v] = pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
-    if curves:
+    from bench.report.curves import curve_data, curves_caption, learning_curves
+
+    if curves := curve_data(study):
         what = made_with(study, list(curves))
-        learning_curves(curves, what, out / "learning_curves", formats)
-        made["learning_curves"] = (
-            f"Learning curves: loss and accuracy per epoch, mean over each variant's seeds. Weights and data: {what}."
-        )
+        learning_curves(curves, baseline, what, out / "learning_curves", formats)
+        made["learning_curves"] = curves_caption(curves, baseline, what)
     points = compute_points(study)
     if not points.empty:
         what = made_with(study, list(points["variant"]))
@@ -206,39 +200,6 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str, stem: Path, fo
     return save(fig, stem, formats)
 
 
-def learning_curves(curves: dict[str, pd.DataFrame], what: str, stem: Path, formats: set[str]) -> list[Path]:
-    """Train/val loss and accuracy per epoch, one line per variant (mean over its seeds)."""
-    fig = new_figure(11, 7.5)
-    fig.suptitle(plain(what))
-    axes = fig.subplots(2, 2, sharex=True)
-    panels = [
-        ("train_loss", "train loss"),
-        ("val_loss", "validation loss"),
-        ("train_acc", "train accuracy"),
-        ("val_acc", "validation accuracy"),
-    ]
-    colors = matplotlib.colormaps["tab10"].colors  # ten colours, then the next line style
-    for k, (name, history) in enumerate(curves.items()):
-        style = dict(
-            color=colors[k % len(colors)],
-            linestyle=LINESTYLES[(k // len(colors)) % len(LINESTYLES)],
-            marker="o" if len(history) < 15 else None,
-            markersize=3,
-        )
-        for ax, (column, _) in zip(axes.flat, panels):
-            ax.plot(history["epoch"], history[column], label=plain(name), **style)
-    for ax, (_, label) in zip(axes.flat, panels):
-        ax.set(title=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("epoch")
-    fig.legend(
-        *axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(4, len(curves)), fontsize=8
-    )
-    return save(fig, stem, formats)
-
-
 def cheapest_on_validation(points: pd.DataFrame) -> list[str]:
     """The variants no cheaper one beats on mean validation accuracy, cheapest first (the test set plays no part)."""
     points = points.sort_values(["tmacs", "val"], ascending=[True, False])
@@ -308,10 +269,23 @@ def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: se
     shown = pretrained if against_error else [r for r in random if layers(r["arch"])]
     fig = new_figure(7, 5)
     ax = fig.add_subplot()
-    for r in shown:
-        acc, x = np.asarray(r["acc"]), r["paper_top1_error"] if against_error else layers(r["arch"])
-        ax.errorbar(x, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else 0, fmt="o", capsize=3, color="C0")
-        ax.annotate(plain(r["arch"]), (x, acc.mean()), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    kinds = list(dict.fromkeys(r.get("head", "mlp") for r in shown))
+    named = set()
+    for i, kind in enumerate(kinds):
+        series = [r for r in shown if r.get("head", "mlp") == kind]
+        xs = [r["paper_top1_error"] if against_error else layers(r["arch"]) for r in series]
+        accs = [np.asarray(r["acc"]) for r in series]
+        order = np.argsort(xs)
+        x, mean = np.asarray(xs)[order], np.array([accs[j].mean() for j in order])
+        err = [accs[j].std(ddof=1) if len(accs[j]) > 1 else 0 for j in order]
+        head = f"head: {kind}" + (" (the lab's)" if kind == "mlp" else "")
+        ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=3, color=f"C{i % 10}", label=plain(head))
+        for r, xi, yi in zip([series[j] for j in order], x, mean):
+            if r["arch"] not in named:  # each depth named once
+                named.add(r["arch"])
+                ax.annotate(plain(r["arch"]), (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    if len(kinds) > 1:
+        ax.legend(fontsize=8, loc="best")
     if against_error:
         ax.invert_xaxis()  # better ImageNet models to the right
         xlabel, title = "He et al. (2016) ImageNet top-1 error, 10-crop (%)", "ImageNet-pretrained depths, transferred"
@@ -324,18 +298,23 @@ def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: se
     )
     ax.grid(alpha=0.3)
     save(fig, stem, formats)
+    series = (
+        f" One series per head (model.head.kind): {', '.join(kinds)}, the lab's head being mlp."
+        if len(kinds) > 1
+        else ""
+    )
     if not against_error:
         archs = ", ".join(dict.fromkeys(plain(r["arch"]) for r in random))
         return (
             f"{data} test accuracy of each depth (mean ± std over seeds) against its number of layers. Every "
             f"backbone here is RANDOM INIT ({archs}): no ImageNet weights "
             "were loaded, so this is not transfer, and the paper's ImageNet errors (depth table) do not describe "
-            f"these backbones. Weights and data: {what}."
+            f"these backbones.{series} Weights and data: {what}."
         )
-    left_out = [plain(r["arch"]) for r in random]
+    left_out = list(dict.fromkeys(plain(r["arch"]) for r in random))
     return (
         f"{data} test accuracy of each pretrained depth (mean ± std over seeds) against the ImageNet top-1 error He "
         "et al. (2016) report for it (Tables 2 and 3); better ImageNet models to the right."
         + (f" Left out, being random init: {', '.join(left_out)}." if left_out else "")
-        + f" Weights and data: {what}."
+        + f"{series} Weights and data: {what}."
     )

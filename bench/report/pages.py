@@ -89,6 +89,7 @@ SECTIONS = {
     "depth": "Depth",
 }
 FIGURE_TITLES = {
+    "effects": "Ablation effects",
     "confusion": "Confusion matrix",
     "learning_curves": "Learning curves",
     "accuracy_vs_time": "Accuracy against compute",
@@ -112,6 +113,8 @@ def page_markdown(
     for t in tables:
         lines += [f"## {SECTIONS[t.name]}", "", md(t.caption), "", t.markdown(), ""]
         lines += [f"_{md(n)}_" + "\n" for n in t.notes]
+        if t.name == "effects" and "effects" in captions:
+            lines += ["![ablation effects](figures/effects.png)", "", md(captions["effects"]), ""]
         if t.name == "per_class" and "confusion" in captions:
             lines += ["![confusion matrix](figures/confusion.png)", "", md(captions["confusion"]), ""]
         if t.name == "reproduction":
@@ -173,17 +176,24 @@ def page_latex(
         ]
         body += [f"\\par\\smallskip{{\\footnotesize {tex(n)}}}" for n in t.notes]
         body += [r"\end{table}", ""]
+        if t.name == "effects" and "effects" in captions:
+            body += latex_figure("effects", captions["effects"])
     for name, caption in captions.items():
-        body += [
-            r"\begin{figure}[H]",
-            r"\centering",
-            f"\\includegraphics[width=\\linewidth,height=0.8\\textheight,keepaspectratio]{{figures/{name}.pdf}}",
-            f"\\caption{{{tex(caption)}}}",
-            r"\end{figure}",
-            "",
-        ]
+        if name != "effects":
+            body += latex_figure(name, caption)
     if warnings:
         body += [r"\section*{Warnings}", r"\begin{itemize}"] + [f"\\item {tex(w)}" for w in warnings]
         body += [r"\end{itemize}"]
     body += [r"\end{document}", ""]
     return "\n".join(body)
+
+
+def latex_figure(name: str, caption: str) -> list[str]:
+    return [
+        r"\begin{figure}[H]",
+        r"\centering",
+        f"\\includegraphics[width=\\linewidth,height=0.8\\textheight,keepaspectratio]{{figures/{name}.pdf}}",
+        f"\\caption{{{tex(caption)}}}",
+        r"\end{figure}",
+        "",
+    ]

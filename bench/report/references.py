@@ -137,8 +137,9 @@ def documented_top1(arch: str, weights: str) -> float | None:
         return None
 
 
-def depth_rows(study: StudyRuns, baseline: str | None) -> list[dict]:
-    """The variants that differ from the baseline in model.arch alone (and the baseline): one row each."""
+def depth_rows(study: StudyRuns, baseline: str | None, heads: bool = False) -> list[dict]:
+    """The variants that differ from the baseline in model.arch alone (and the baseline): one row each; with
+    `heads`, also those that differ in model.head too (a probe on each depth), each row naming its head's kind."""
     base = study.config(baseline) if baseline else None
     rows = []
     for v in study.variants:
@@ -148,8 +149,9 @@ def depth_rows(study: StudyRuns, baseline: str | None) -> list[dict]:
         same = {k: x for k, x in cfg.items() if k not in ("model", "seed")} == {
             k: x for k, x in base.items() if k not in ("model", "seed")
         }
-        model = {k: x for k, x in cfg["model"].items() if k not in ("arch", "weights")}
-        if not same or model != {k: x for k, x in base["model"].items() if k not in ("arch", "weights")}:
+        free = ("arch", "weights", "head") if heads else ("arch", "weights")
+        model = {k: x for k, x in cfg["model"].items() if k not in free}
+        if not same or model != {k: x for k, x in base["model"].items() if k not in free}:
             continue
         arch, weights = cfg["model"].get("arch", "resnet50"), cfg["model"].get("weights", "")
         table, name = PAPER_ROWS.get(arch, (None, None))
@@ -169,6 +171,7 @@ def depth_rows(study: StudyRuns, baseline: str | None) -> list[dict]:
                 "paper_top1_error": paper.get("top1_error", paper.get("error")) if paper else None,
                 "documented_top1": documented_top1(arch, weights),
                 "acc": acc,
+                "head": (cfg["model"].get("head") or {}).get("kind", "mlp"),
             }
         )
     return rows

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.report.describe import Choice, cache_note, candidates, choose, label, status, vs_lab, what_differs
+from bench.report.describe import Choice, cache_note, candidates, choose, lab_differences, label, status, what_differs
 from bench.report.format import METRICS, VAL_ACC, Table, fmt_mean_std, fmt_p, value
 from bench.report.runs import ReportError, Run, StudyRuns
 
@@ -18,9 +18,10 @@ def results_table(study: StudyRuns, baseline: str | None) -> Table:
     columns = ["variant", "vs the lab's recipe", "what differs from the baseline", "runs"]
     columns += [m.label for m in METRICS[:5]] + ["chosen on val from"] + [m.label for m in METRICS[5:]]
     rows = []
+    lab, shared = lab_columns(study)
     for v in study.variants:
         done = study.done(v)
-        row = [label(study, v), vs_lab(study.config(v)), what_differs(study, v, baseline), status(study, v)]
+        row = [label(study, v), lab[v], what_differs(study, v, baseline), status(study, v)]
         cells = [fmt_mean_std([value(r, m) for r in done], m.decimals) if done else "—" for m in METRICS]
         picked = ", ".join(dict.fromkeys(candidates(r) for r in done)) or "—"
         rows.append(row + cells[:5] + [picked] + cells[5:])
@@ -34,14 +35,28 @@ def results_table(study: StudyRuns, baseline: str | None) -> Table:
         "Results per variant: mean ± std over its finished seeds (sample std); macro-averaged "
         "precision, recall and F1 on the test set; validation accuracy of the tested epoch or probe setting, "
         "chosen on validation from the candidates the next column counts (more candidates, more room for a "
-        f"lucky pick); no column is ranked on test; {choice_sentence(choice)}.",
+        f"lucky pick); no column is ranked on test; {choice_sentence(choice)}."
+        + (f" Every row differs from the lab's recipe in: {', '.join(shared)}." if shared else ""),
         columns,
         rows,
         bold,
         notes=[n for n in [cache_note(study)] if n],
         align="llll" + "r" * (len(METRICS) + 1),
-        wrap={0: "2.6cm", 1: "3cm", 2: "3cm", 3: "2cm"},
+        wrap={0: "2.2cm", 1: "2.6cm", 2: "2.6cm", 3: "1.4cm"},
     )
+
+
+def lab_columns(study: StudyRuns) -> tuple[dict[str, str], list[str]]:
+    """The "vs the lab's recipe" cell per variant, and the differences every row shares, said once in the caption
+    instead (when at least two rows have a stored config)."""
+    said = {v: lab_differences(c) if (c := study.config(v)) else None for v in study.variants}
+    known = [d for d in said.values() if d is not None]
+    shared = [x for x in known[0] if all(x in d for d in known[1:])] if len(known) > 1 else []
+    cells = {}
+    for v, d in said.items():
+        rest = [x for x in d if x not in shared] if d is not None else None
+        cells[v] = "?" if rest is None else ", ".join(rest) or ("nothing else" if shared else "the lab's recipe")
+    return cells, shared
 
 
 def choice_sentence(choice: Choice | None) -> str:
@@ -145,7 +160,8 @@ def effects(study: StudyRuns, baseline: str) -> list[Effect]:
     return out
 
 
-def effects_table(study: StudyRuns, baseline: str) -> Table:
+def effects_table(study: StudyRuns, baseline: str, found: list[Effect] | None = None) -> Table:
+    """The effects (`found`, else computed here) as a table."""
     ci = f"{100 * stats.CONFIDENCE:.0f}%"
     columns = [
         "variant",
@@ -158,7 +174,7 @@ def effects_table(study: StudyRuns, baseline: str) -> Table:
         "per-seed Δ (McNemar p)",
     ]
     rows, bold = [], set()
-    found = effects(study, baseline)
+    found = effects(study, baseline) if found is None else found
     for i, e in enumerate(found):
         head, c = [label(study, e.variant), what_differs(study, e.variant, baseline)], e.comparison
         if c is None:
