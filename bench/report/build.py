@@ -14,9 +14,10 @@ from pathlib import Path
 
 from bench import stats
 from bench.files import atomic_write
+from bench.report.canvas import EXTENSIONS
 from bench.report.describe import best_variant, data_title, default_baseline, made_with, status
 from bench.report.effects_plot import effects_figure
-from bench.report.figures import EXTENSIONS, depth_figure, make_figures
+from bench.report.figures import depth_figure, make_figures
 from bench.report.pages import page_latex, page_markdown
 from bench.report.paper import figure6, reproduction_table
 from bench.report.references import depth_rows, depth_table, references_table

@@ -10,7 +10,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from bench.report.figures import LINESTYLES, new_figure, plain, save
+from bench.report.canvas import LINESTYLES, new_figure, plain, save
 from bench.report.runs import StudyRuns
 
 PANELS = (

@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench import stats
+from bench.report.canvas import new_figure, plain, save
 from bench.report.describe import label, made_with
-from bench.report.figures import new_figure, plain, save
 from bench.report.runs import StudyRuns
 from bench.report.tables import Effect, effects
 

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from bench.files import atomic_save
+from bench.report.canvas import LINESTYLES, new_figure, plain, save
+from bench.report.curves import curve_data, curves_caption, learning_curves
 from bench.report.describe import is_random_init, made_with
 from bench.report.format import TEST_ACC, VAL_ACC, mean_of, mean_std, value
 from bench.report.runs import StudyRuns
 from bench.util import flatten, fmt_value
-
-EXTENSIONS = {"md": "png", "tex": "pdf"}
-LINESTYLES = ("-", "--", ":", "-.")
 
 
 def make_figures(
@@ -40,7 +36,6 @@ def make_figures(
         f"Confusion matrix of '{variant}' on the test set, normalised per true class "
         f"(rows sum to 1; {len(runs)} seed(s) pooled). Weights and data: {what}."
     )
-    from bench.report.curves import curve_data, curves_caption, learning_curves
 
     if curves := curve_data(study):
         what = made_with(study, list(curves))
@@ -152,32 +147,6 @@ def data_size_figure(points: pd.DataFrame, what: str, stem: Path, formats: set[s
         "validation and test images throughout): one line per recipe, the mean over its seeds, the band from the "
         f"lowest to the highest seed ({seeds.min()}-{seeds.max()} seeds a point). Weights and data: {what}."
     )
-
-
-def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in sorted(formats):
-        path = stem.with_suffix("." + EXTENSIONS[fmt])
-        # No creation date in the PDF: the same results give the same file. Written whole or not at all.
-        meta = {"CreationDate": None} if fmt == "tex" else None
-        ext = EXTENSIONS[fmt]
-        atomic_save(
-            path, lambda f, ext=ext, meta=meta: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
-        )
-        paths.append(path)
-    return paths
-
-
-def plain(text: str) -> str:
-    """User text drawn as written: a '$' would start matplotlib's math mode."""
-    return str(text).replace("$", r"\$")
-
-
-def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def confusion(matrix: np.ndarray, classes: list[str], title: str, stem: Path, formats: set[str]) -> list[Path]:

@@ -14,8 +14,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
+from bench.report.canvas import new_figure, save
 from bench.report.describe import differs_from, references
-from bench.report.figures import new_figure, save
 from bench.report.format import Table, fmt_mean_std
 from bench.report.runs import StudyRuns
 

@@ -1,0 +1,40 @@
+"""Drawing primitives every report figure shares: a figure on its own Agg canvas (no pyplot, so nothing depends on
+a display or leaks state between reports), user text drawn as written, and saving as PNG and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bench.files import atomic_save
+
+EXTENSIONS = {"md": "png", "tex": "pdf"}
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in sorted(formats):
+        path = stem.with_suffix("." + EXTENSIONS[fmt])
+        # No creation date in the PDF: the same results give the same file. Written whole or not at all.
+        meta = {"CreationDate": None} if fmt == "tex" else None
+        ext = EXTENSIONS[fmt]
+        atomic_save(
+            path, lambda f, ext=ext, meta=meta: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
+        )
+        paths.append(path)
+    return paths
+
+
+def plain(text: str) -> str:
+    """User text drawn as written: a '$' would start matplotlib's math mode."""
+    return str(text).replace("$", r"\$")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
