@@ -66,3 +66,15 @@ def test_recipe_differences_are_listed(tmp_path):
     assert "train.warmup_shape=linear" in differs_from(
         cfg | {"train": {"warmup_shape": "linear"}}, paper_recipe(110), {}
     )
+
+
+def test_figures_name_a_folder_by_its_file_not_the_machine_path():
+    from types import SimpleNamespace
+
+    from bench.report.describe import data_title
+
+    run = SimpleNamespace(
+        config={"data": {"source": "folder", "path": "/home/ann/data/cifar10-jpeg.tar.gz"}},
+        metrics=SimpleNamespace(dataset="image folder /home/ann/data/cifar10-jpeg.tar.gz"),
+    )
+    assert data_title(run) == "image folder cifar10-jpeg.tar.gz"

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import PurePath
 
 import pandas as pd
 import yaml
@@ -225,6 +226,8 @@ def data_title(run: Run) -> str:
     source = (run.config or {}).get("data", {}).get("source")
     if source in OFFICIAL:
         return OFFICIAL[source].title
+    if source == "folder" and (path := (run.config or {}).get("data", {}).get("path")):
+        return f"image folder {PurePath(path).name}"  # the name, not where it lay on the machine that ran it
     return "sklearn digits" if source == "digits" else run.metrics.dataset
 
 

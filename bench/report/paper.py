@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.canvas import new_figure, save
-from bench.report.describe import differs_from, references
+from bench.report.describe import data_title, differs_from, references
 from bench.report.format import Table, fmt_mean_std
 from bench.report.runs import StudyRuns
 
@@ -74,7 +74,7 @@ def reproduction_rows(study: StudyRuns) -> list[dict]:
                 "n_train": runs[0].metrics.n_train,
                 "differs": differs_from(study.config(v), _recipe_for(study.config(v), depth), PAPER_WORDS)
                 or "the paper's recipe",
-                "data": runs[0].metrics.dataset,
+                "data": data_title(runs[0]),
             }
         )
     return rows

@@ -66,7 +66,7 @@ def references_table(study: StudyRuns) -> Table:
                 "this study",
                 f"{kind}, chosen on validation ({choice_words(choice)}): {label(study, variant)}",
                 vs_lab(study.config(variant)),
-                runs[0].metrics.dataset,
+                data_title(runs[0]),
                 fmt_mean_std(train, 2),
                 fmt_mean_std(val, 2),
                 fmt_mean_std(test, 2),
