@@ -68,7 +68,7 @@ def run(
     only: glob(s) of variant names; set: {dotted key: value} for every variant, e.g. {"train.epochs": 1}.
     A run that fails is a row with state 'failed' and its error in 'detail'; the others still run.
     """
-    from bench.launch import InProcess
+    from bench.infra.launch import InProcess
     from bench.study import load_study_file, select
 
     spec = load_study_file(study, dict(set or {}), given_by="set=")
@@ -87,7 +87,7 @@ def train(study, variants, store, how, logs, retry_failed: bool, rerun_stale: bo
     """Drive the runs with the progress display, copying each finished run to the trackers `logs`."""
     from bench import console
     from bench.cost import estimate_tflops
-    from bench.runner import Hooks, drive
+    from bench.infra.runner import Hooks, drive
 
     with console.progress(disable=not progress) as bars:
         display = console.RunDisplay(bars, study.name, store.run_dir, estimate_tflops)
@@ -174,8 +174,8 @@ def report(*args, **kwargs) -> list[Path]:
 
 
 def _writable_store(results, study_name: str):
-    from bench.files import cache_root, check_writable
-    from bench.store import Store
+    from bench.infra.files import cache_root, check_writable
+    from bench.infra.store import Store
 
     store = Store(Path(results))
     check_writable(store.root / "studies", f"{study_name}.json", "the results store (results=)")
@@ -184,14 +184,14 @@ def _writable_store(results, study_name: str):
 
 
 def _trackers(spec, mlflow, tensorboard, wandb: bool) -> list:
-    from bench.trackers import trackers
+    from bench.infra.trackers import trackers
 
     return trackers(spec.name, mlflow or spec.trackers.mlflow, tensorboard or spec.trackers.tensorboard, wandb)
 
 
 def _only_study(root: Path) -> str:
+    from bench.infra.store import Store
     from bench.report import ReportError
-    from bench.store import Store
 
     names = Store(root).study_names()
     if not names:

@@ -107,7 +107,7 @@ class InputConfig(Strict):
 
 class HeadConfig(Strict):
     # mlp: the lab's head, trained by train.optimizer; logreg / knn: probes fitted on the frozen
-    # features with hyper-parameters chosen on validation (bench.probes), model.freeze: backbone only
+    # features with hyper-parameters chosen on validation (bench.training.probes), model.freeze: backbone only
     kind: Literal["mlp", "logreg", "knn"] = "mlp"
     hidden: int = Field(256, ge=0)  # 0 = one linear layer on the pooled features
     dropout: float = Field(0.5, ge=0, lt=1)
@@ -268,14 +268,14 @@ class TrainConfig(Strict):
     # linear: from lr/100 up to lr; constant: lr/10 throughout, then lr (He et al.'s ResNet-110 warm-up)
     warmup_shape: Literal["linear", "constant"] = "linear"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    # Fine-tuning recipes (bench.recipes), for a backbone that trains (model.freeze other than backbone):
+    # Fine-tuning recipes (bench.training.recipes), for a backbone that trains (model.freeze other than backbone):
     backbone_lr_mult: float = Field(1.0, gt=0, le=100)  # the backbone's lr relative to the head's (train.lr)
     layer_decay: float | None = Field(None, gt=0, le=1)  # layer-wise lr decay: each layer down one more factor
     no_decay_norm_bias: bool = False  # no weight decay on norm weights, biases, position embeddings (timm's rule)
     unfreeze_after: int | None = Field(None, ge=0)  # gradual unfreezing: the head alone for this many epochs,
     unfreeze_every: int = Field(1, ge=1)  # then one more stage (from the last down) every this many epochs
     # auto: bf16 autocast on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 with a gradient
-    # scaler on older GPUs (T4, V100), fp32 on the CPU (bench.device.autocast_dtype)
+    # scaler on older GPUs (T4, V100), fp32 on the CPU (bench.training.device.autocast_dtype)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the network that trains (inductor; on the CPU it needs a C++ compiler)
     select: Literal["best", "last"] = "best"  # test with the best-validation epoch, or the last
@@ -308,7 +308,7 @@ class TrainConfig(Strict):
 
 
 class RunConfig(Strict):
-    """Everything that determines a run's result (with the data's and weights' fingerprints: bench.identity)."""
+    """Everything that determines a run's result (with the data's and weights' fingerprints: bench.infra.identity)."""
 
     # factories, not instances: an instance is validated when this module is imported, and checking the
     # default weights imports torchvision (seconds), which `bench --help` and `bench list` can do without

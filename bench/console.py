@@ -88,7 +88,7 @@ class RunDisplay:
         self.runs, self.finished = 0, 0
 
     def hooks(self):
-        from bench.runner import Hooks
+        from bench.infra.runner import Hooks
 
         return Hooks(
             progress=self.bars,

@@ -15,11 +15,12 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import features, models, prefix
+from bench import models
 from bench.config import RunConfig
 from bench.data.catalog import OFFICIAL
-from bench.files import atomic_write, cache_root
-from bench.hashing import library_versions
+from bench.infra.files import atomic_write, cache_root
+from bench.infra.hashing import library_versions
+from bench.training import features, prefix
 
 # (training images, validation images or None: carved from training, test images) per data.source
 SIZES = {
@@ -85,7 +86,7 @@ def estimate_tflops(cfg: RunConfig) -> float:
     if features.cacheable(cfg) or cfg.model.head.kind != "mlp":
         return fwd * (n_train + n_val + n_test)
     share = trainable_share(cfg.model.arch, cfg.input.resolution, cfg.model.freeze)
-    if prefix.cacheable(cfg) and "resnet" in cfg.model.arch:  # the frozen prefix runs once (bench.prefix)
+    if prefix.cacheable(cfg) and "resnet" in cfg.model.arch:  # the frozen prefix runs once (bench.training.prefix)
         once = fwd * (1 - share) * (n_train + n_val + n_test)
         return once + (n_train * fwd * 3 * share + n_val * fwd * share) * cfg.train.epochs + n_test * fwd * share
     per_epoch = n_train * fwd * (1 + 2 * share) + n_val * fwd

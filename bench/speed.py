@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from bench import data as data_mod
-from bench import features, train, transforms
-from bench.device import autocast, autocast_dtype, channels_last, device_name, eval_batch_size
 from bench.models import build_model
-from bench.outcome import FeatureCache
 from bench.study import Target, Variant
+from bench.training import features, transforms
+from bench.training import loop as train
+from bench.training.device import autocast, autocast_dtype, channels_last, device_name, eval_batch_size
+from bench.training.outcome import FeatureCache
 
 
 def rss_mb(field: str = "VmHWM") -> float:
@@ -132,7 +133,7 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
     if cfg.data not in datasets:
         datasets[cfg.data] = data_mod.load(cfg.data)  # decoded once, outside the timings
     ds = datasets[cfg.data]
-    if device.type == "cuda":  # this variant's peak, not an earlier one's (bench.prefix's probe resets it too)
+    if device.type == "cuda":  # this variant's peak, not an earlier one's (bench.training.prefix's probe resets it too)
         torch.cuda.reset_peak_memory_stats(device)
     out, seconds = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache, progress=progress), device)
     h = pd.DataFrame(out.history)
@@ -212,9 +213,9 @@ def workers_speed(study, variants: list[Variant], workers: int, device: torch.de
     (this process, every core), then `workers` worker processes with their share of the cores each."""
     import os
 
-    from bench import launch, runner
-    from bench.files import cache_root
-    from bench.store import Store
+    from bench.infra import launch, runner
+    from bench.infra.files import cache_root
+    from bench.infra.store import Store
 
     rows, real = [], cache_root()
     for n in (1, workers):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from bench.config import KNOWN_KEYS, ConfigError, RunConfig, Strict
-from bench.identity import Fingerprints, run_id
+from bench.infra.identity import Fingerprints, run_id
 from bench.util import did_you_mean, flatten, fmt_value
 from bench.yamlfile import read_yaml
 
@@ -47,7 +49,7 @@ class VariantSpec(Strict):
 
 
 class TrackersConfig(Strict):
-    """Where finished runs are also logged (bench.trackers); the command line's --mlflow/--tensorboard win."""
+    """Where finished runs are also logged (bench.infra.trackers); the command line's --mlflow/--tensorboard win."""
 
     mlflow: str | None = None  # a tracking URI, e.g. sqlite:///mlflow.db
     tensorboard: str | None = None  # a folder for event files, relative to the study file
@@ -87,14 +89,14 @@ class Variant:
     seed: int
     overrides: dict[str, Any]  # dotted key -> value, as written in the study file
     config: RunConfig
-    fingerprints: Fingerprints | None = None  # set by bench.identity.resolve: what the data and weights are
+    fingerprints: Fingerprints | None = None  # set by bench.infra.identity.resolve: what the data and weights are
 
     @property
     def run_id(self) -> str:
         """The run's identity: its configuration without paths, and its data and weights fingerprints."""
         if self.fingerprints is None:
             raise LookupError(
-                f"variant {self.name}: its data and weights are not fingerprinted yet (bench.identity.resolve)"
+                f"variant {self.name}: its data and weights are not fingerprinted yet (bench.infra.identity.resolve)"
             )
         return run_id(self.config, self.fingerprints)
 
@@ -261,7 +263,9 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None, g
                 except ValueError as e:
                     problems.append(f"variant '{name}': {e}")
                     break
-            cfg = _resolve_paths(cfg, base_dir)
+            cfg = _resolve_paths(cfg, base_dir, problems)
+            if cfg is None:
+                break
             variants.append(Variant(name, seed, sets, cfg))
     if problems:
         raise ConfigError(path, sorted(set(problems), key=problems.index))
@@ -288,16 +292,44 @@ def select(study: Study, patterns: list[str] | None) -> list[Variant]:
     return chosen
 
 
-def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
-    """Relative data and checkpoint paths are relative to the study file's folder."""
-    data, model = cfg.data, cfg.model
-    if data.path and not Path(data.path).expanduser().is_absolute():
-        data = data.model_copy(update={"path": str((base_dir / data.path).resolve())})
+def _resolve_paths(cfg: RunConfig, base_dir: Path, problems: list[str]) -> RunConfig | None:
+    """Data and weights paths with their environment variables expanded ($BENCH_DATA: where a machine keeps its
+    data); what is still relative is relative to the study file's folder. None, with the problems said once for
+    the whole study, where a variable is not set."""
+    data, model, said = cfg.data, cfg.model, len(problems)
+    try:
+        path = expand_env(data.path, "data.path").expanduser() if data.path else None
+    except ValueError as e:
+        problems.append(str(e))
+    else:
+        if path is not None:
+            data = data.model_copy(update={"path": str(path if path.is_absolute() else (base_dir / path).resolve())})
     if model.weights_spec.kind == "file":
-        p = Path(model.weights_spec.tag).expanduser()
-        if not p.is_absolute():
-            model = model.model_copy(update={"weights": f"file:{(base_dir / p).resolve()}"})
-    return cfg.model_copy(update={"data": data, "model": model})
+        try:
+            p = expand_env(model.weights_spec.tag, "model.weights").expanduser()
+        except ValueError as e:
+            problems.append(str(e))
+        else:
+            weights = f"file:{p if p.is_absolute() else (base_dir / p).resolve()}"
+            model = model.model_copy(update={"weights": weights})
+    return None if len(problems) > said else cfg.model_copy(update={"data": data, "model": model})
+
+
+ENV_VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def expand_env(path: str, key: str) -> Path:
+    """`path` with each $NAME or ${NAME} replaced by that environment variable made absolute (a relative value
+    is taken from the current directory, as the shell would); ValueError naming the unset ones."""
+    names = [a or b for a, b in ENV_VAR.findall(path)]
+    unset = [n for n in dict.fromkeys(names) if not os.environ.get(n)]
+    if unset:
+        hint = " (the folder that holds the data files)" if unset[0] == "BENCH_DATA" else ""
+        raise ValueError(
+            f"{key} {path!r} uses ${', $'.join(unset)}, which is not set: export {unset[0]}=DIR{hint}, "
+            "or give the path with --data-dir / --set"
+        )
+    return Path(ENV_VAR.sub(lambda m: os.path.abspath(os.environ[m.group(1) or m.group(2)]), path))
 
 
 def _describe(err: dict, loc: tuple, where: str, root: type[BaseModel] = RunConfig) -> str:

@@ -26,14 +26,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench import data as data_mod
-from bench import transforms
 from bench.config import RunConfig
-from bench.features import predict
-from bench.files import write_json
-from bench.identity import code_versions
+from bench.infra.files import write_json
+from bench.infra.identity import code_versions
+from bench.infra.record import METRICS, PREDICTIONS, RunHeader, RunMetrics
+from bench.infra.store import Store
 from bench.models import build_model
-from bench.record import METRICS, PREDICTIONS, RunHeader, RunMetrics
-from bench.store import Store
+from bench.training import transforms
+from bench.training.features import predict
 
 
 def cpu_model() -> str:

@@ -12,7 +12,7 @@
 set -uo pipefail
 out=${OUT:-reports/speed-gpu}
 parts=${PARTS:-tests speed paper}
-data=${BENCH_DATA:-../shared/data/cifar10-jpeg.tar.gz}
+data=${BENCH_DATA:-../shared/data}/cifar10-jpeg.tar.gz
 paper=${PAPER_STUDY:-studies/paper-cifar10.yaml}  # He et al.'s full recipe; timed on its first epochs
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$out/gpu.txt"

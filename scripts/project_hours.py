@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import cost, features
+from bench import cost
 from bench.config import CIFAR_ARCHS, RunConfig
 from bench.study import load_study_file
+from bench.training import features
 
 
 def rates(speed: pd.DataFrame) -> tuple[float, float]:

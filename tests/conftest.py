@@ -1,10 +1,13 @@
 import os
+from pathlib import Path
 
 import pytest
 import yaml
 
 # huggingface_hub reads this once, at import: tests never wait on its download retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The shipped CPU studies read their images from $BENCH_DATA; beside this checkout that is ../shared/data.
+os.environ.setdefault("BENCH_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Test helpers: a tiny real configuration, and finished run records built through bench.record."""
+"""Test helpers: a tiny real configuration, and finished run records built through bench.infra.record."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.files import write_json
-from bench.metrics import classification_metrics
-from bench.record import RunHeader, RunMetrics, StudyEntry, StudyManifest
-from bench.store import Store
+from bench.infra.files import write_json
+from bench.infra.record import RunHeader, RunMetrics, StudyEntry, StudyManifest
+from bench.infra.store import Store
+from bench.training.metrics import classification_metrics
 
 
 def extra_installed(*modules: str) -> bool:
@@ -147,7 +147,7 @@ def write_manifest(root, name, variants, command="bench run ablations.yaml"):
 
 def variants_of(path, overrides=None):
     """A study file's variants with their data and weights fingerprinted (so they have run ids)."""
-    from bench.identity import resolve
+    from bench.infra.identity import resolve
     from bench.study import load_study_file
 
     return resolve(load_study_file(path, overrides).variants)[0]

@@ -13,8 +13,8 @@ import pytest
 
 import bench
 from bench.config import ConfigError
+from bench.infra.store import Store
 from bench.report import ReportError
-from bench.store import Store
 from bench.study import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]

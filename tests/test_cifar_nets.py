@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from bench.cifar_nets import BasicBlock, CifarNet
 from bench.config import CIFAR_ARCHS, RunConfig, TrainConfig
 from bench.models import build_model, stage_names
-from bench.train import lr_factor
-from bench.transforms import BatchTransform, flip_crop
+from bench.training.loop import lr_factor
+from bench.training.transforms import BatchTransform, flip_crop
 from bench.util import flatten
 
 PAPER = {"model": {"weights": "none", "freeze": "none", "head": {"hidden": 0, "dropout": 0.0}}}
@@ -151,7 +151,7 @@ def test_paper_schedule_milestones_and_constant_warmup():
 
 
 def test_new_keys_stay_out_of_old_run_ids():
-    from bench.identity import ADDED_KEYS, Fingerprints, identity
+    from bench.infra.identity import ADDED_KEYS, Fingerprints, identity
 
     tree = flatten(identity(RunConfig(), Fingerprints("folder:x", "none")))
     assert not {k for k in ADDED_KEYS if k in tree}
@@ -161,7 +161,7 @@ def test_new_keys_stay_out_of_old_run_ids():
 
 
 def test_sgd_momentum_follows_nesterov():
-    from bench.train import make_optimizer
+    from bench.training.loop import make_optimizer
 
     net = torch.nn.Linear(2, 2)
     assert make_optimizer(TrainConfig(optimizer="sgd"), net).defaults["nesterov"] is True

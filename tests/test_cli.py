@@ -87,5 +87,12 @@ def test_listing_a_study_reads_no_report_or_training_modules(tmp_path):
     from bench.study import load_study_file
 
     assert f"demo: {len(load_study_file(ROOT / 'studies' / 'demo.yaml').variants)} runs" in done.stdout
-    unneeded = {"matplotlib", "bench.report", "bench.runner", "bench.train", "bench.launch", "bench.trackers"}
+    unneeded = {
+        "matplotlib",
+        "bench.report",
+        "bench.infra.runner",
+        "bench.training.loop",
+        "bench.infra.launch",
+        "bench.infra.trackers",
+    }
     assert not modules & unneeded, sorted(modules & unneeded)

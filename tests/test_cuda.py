@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from bench import data, prefix, train
+from bench import data
 from bench.cli import main
 from bench.config import RunConfig
-from bench.device import NATIVE_BF16, EvalBatch, channels_last, gpu_memory_available
-from bench.features import predict
 from bench.models import build_model
-from bench.outcome import FitContext
-from bench.transforms import BatchTransform
+from bench.training import loop as train
+from bench.training import prefix
+from bench.training.device import NATIVE_BF16, EvalBatch, channels_last, gpu_memory_available
+from bench.training.features import predict
+from bench.training.outcome import FitContext
+from bench.training.transforms import BatchTransform
 from tests.helpers import TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_study.sh)")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bench import data
 from bench.config import DataConfig, InputConfig
-from bench.transforms import BatchTransform, flip_crop
+from bench.training.transforms import BatchTransform, flip_crop
 
 CLASSES = ["cat", "dog", "frog"]
 

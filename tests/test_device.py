@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench import data, device, features, prefix, train
+from bench import data
 from bench.cli import commands, parser
 from bench.config import RunConfig, TrainConfig
-from bench.device import EvalBatch, autocast_dtype, gpu_memory_available, out_of_memory, precision_name
-from bench.transforms import BatchTransform
+from bench.training import device, features, prefix
+from bench.training import loop as train
+from bench.training.device import EvalBatch, autocast_dtype, gpu_memory_available, out_of_memory, precision_name
+from bench.training.transforms import BatchTransform
 from tests.helpers import TINY
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -206,8 +208,8 @@ def test_a_cudnn_allocation_failure_is_recorded_as_out_of_memory_and_memory_is_r
 ):
     import json
 
-    from bench import runner
     from bench.cli import main
+    from bench.infra import runner
 
     released = []
 

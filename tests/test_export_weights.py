@@ -12,9 +12,9 @@ import yaml
 from safetensors.torch import load_file
 
 from bench.cli import main
+from bench.infra.record import KEEP_WEIGHTS_MAX
+from bench.infra.store import Store
 from bench.models import build_backbone
-from bench.record import KEEP_WEIGHTS_MAX
-from bench.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CIFAR = {

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import data, files
+from bench import data
 from bench.cli import main
 from bench.config import DataConfig
-from bench.store import Store
+from bench.infra import files
+from bench.infra.store import Store
 from tests.helpers import TINY, variants_of, write_manifest
 from tests.test_identity import image_folder
 from tests.test_report import write_run
@@ -293,37 +294,3 @@ def test_interrupts_say_what_they_interrupted(write_study, tmp_path, capsys, mon
     assert main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "r")]) == 130
     assert "interrupted while writing the report: each file written so far is complete" in capsys.readouterr().err
     assert not leftovers(tmp_path / "r")
-
-
-def test_a_partial_rerun_keeps_every_finished_run_in_the_manifest(write_study, tmp_path, capsys):
-    path = write_study({"study": "part", "defaults": TINY, "ablate": {"train.lr": [0.01]}})
-    results = str(tmp_path / "results")
-    assert main(["run", str(path), "--results", results]) == 0
-    assert main(["run", str(path), "--results", results, "--only", "baseline", "--set", "train.epochs=1"]) == 0
-    assert main(["run", str(path), "--results", results, "--only", "lr=*"]) == 0
-    names = [e.name for e in Store(results).read_manifest("part").variants]
-    assert sorted(names) == ["baseline", "baseline [train.epochs=1]", "lr=0.01"]
-    assert main(["report", "--results", results, "--out", str(tmp_path / "r"), "--format", "md"]) == 0
-    table = (tmp_path / "r" / "part" / "tables" / "results.md").read_text()
-    assert "| baseline " in table and r"baseline \[train.epochs=1\]" in table and "lr=0.01" in table
-
-
-def test_temporary_files_of_a_killed_process_are_removed(write_study, tmp_path):
-    path = write_study({"study": "tmp", "defaults": TINY})
-    (v,) = variants_of(path)
-    store = Store(tmp_path / "results")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)  # a process that has exited
-    run_dir = store.run_dir(v.run_id)
-    run_dir.mkdir(parents=True)
-    host = files._HOST
-    left = [
-        run_dir / f".metrics.json.{host}-{pid}.abc123.tmp",
-        files.cache_root() / f".fingerprints.json.{host}-{pid}.x.tmp",
-    ]
-    alive = run_dir / f".history.csv.{host}-{os.getpid()}.def456.tmp"  # this live process: kept
-    for p in [*left, alive]:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("half")
-    assert main(["run", str(path), "--results", str(store.root)]) == 0
-    assert not any(p.exists() for p in left) and alive.exists()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.files import atomic_save
-from bench.store import Store, checkpoint_bytes
+from bench.infra.files import atomic_save
+from bench.infra.store import Store, checkpoint_bytes
 from tests.helpers import TINY, variants_of
 
 STEM_LAYER3 = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}}  # layer4 trains: ~240 MB checkpoints

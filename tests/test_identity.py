@@ -10,10 +10,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from bench import identity
 from bench.cli import main
 from bench.data.folder import tree_sha256
-from bench.store import Store
+from bench.infra import identity
+from bench.infra.store import Store
 from tests.helpers import TINY, variants_of
 
 

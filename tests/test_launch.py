@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.store import Store
+from bench.infra.store import Store
 from tests.helpers import TINY, variants_of
 
 try:
@@ -81,7 +81,7 @@ def test_parallel_worker_i_is_pinned_to_gpu_i(monkeypatch):
     """The pinning itself, without a GPU: worker slots index the GPUs the job was given, wrapping round."""
     import queue
 
-    from bench import launch
+    from bench.infra import launch
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     threads = torch.get_num_threads()

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.store import Store
+from bench.infra.store import Store
 from tests.helpers import TINY, extra_installed, variants_of
 
 
@@ -15,20 +15,20 @@ def study(write_study, **extra):
 
 
 def test_history_is_written_after_every_epoch_and_logged_when_piped(write_study, tmp_path, capsys, monkeypatch):
-    import bench.train
+    import bench.training.loop
 
     path = study(write_study, defaults={**TINY, "train": {**TINY["train"], "epochs": 3}})
     (v,) = variants_of(path)
     store = Store(tmp_path / "results")
     seen = []
-    real = bench.train.predict
+    real = bench.training.loop.predict
 
     def spy(*args, **kwargs):  # at every validation pass, the history so far is already on disk
         f = store.run_dir(v.run_id) / "history.csv"
         seen.append(len(pd.read_csv(f)) if f.exists() else 0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.train, "predict", spy)
+    monkeypatch.setattr(bench.training.loop, "predict", spy)
     assert main(["run", str(path), "--results", str(store.root)]) == 0
     assert seen[:3] == [0, 1, 2]  # validation of epoch e runs after e-1 rows were written
     err = capsys.readouterr().err
@@ -150,8 +150,9 @@ def test_every_command_has_help_with_an_example(capsys):
 def test_validation_test_and_features_have_progress():
     import torch
 
-    from bench import data, train
+    from bench import data
     from bench.config import RunConfig
+    from bench.training import loop as train
 
     shown = []
 

@@ -4,11 +4,12 @@ import torch
 import torchvision
 from pydantic import ValidationError
 
-from bench import cost, data, models, train
+from bench import cost, data, models
 from bench.config import ConfigError, InputConfig, ModelConfig, RunConfig, WeightsSpec
 from bench.models import WeightsError, build_backbone, build_model, frozen_stages, hub_file
 from bench.study import load_study_file
-from bench.transforms import BatchTransform
+from bench.training import loop as train
+from bench.training.transforms import BatchTransform
 from tests.helpers import TINY
 
 

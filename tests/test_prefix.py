@@ -1,12 +1,14 @@
-"""The prefix cache (bench.prefix): a partially frozen ResNet trains on its frozen stages' outputs computed
+"""The prefix cache (bench.training.prefix): a partially frozen ResNet trains on its frozen stages' outputs computed
 once, with the same results as the full path."""
 
 import numpy as np
 import pytest
 import torch
 
-from bench import data, prefix, train
+from bench import data
 from bench.config import RunConfig
+from bench.training import loop as train
+from bench.training import prefix
 from tests.helpers import TINY
 
 CPU = torch.device("cpu")

@@ -8,10 +8,12 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from bench import data, probes, train
+from bench import data
 from bench.config import RunConfig
 from bench.data import Split
-from bench.transforms import BatchTransform
+from bench.training import loop as train
+from bench.training import probes
+from bench.training.transforms import BatchTransform
 from tests.helpers import TINY
 
 

@@ -1,12 +1,14 @@
-"""Fine-tuning recipes (bench.recipes): the learning rate every parameter group gets at every step, and which
+"""Fine-tuning recipes (bench.training.recipes): the learning rate every parameter group gets at every step, and which
 parameters train in which epoch under gradual unfreezing, resumed or not."""
 
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from bench import data, models, recipes, train
+from bench import data, models
 from bench.config import RunConfig
+from bench.training import loop as train
+from bench.training import recipes
 from tests.helpers import TINY
 
 CPU = torch.device("cpu")

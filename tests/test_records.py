@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.infra.store import Store
 from bench.report import load_runs
 from bench.report.export import runs_table
-from bench.store import Store
-from bench.study import load_study_file, select
+from bench.study import load_study_file
 from tests.helpers import TINY, variants_of, write_manifest
 from tests.test_report import write_run
 
@@ -66,16 +66,6 @@ def test_records_that_disagree_with_their_predictions_are_never_published(forged
     assert "other (seed 1, other-1) could not be verified: predictions.csv: the predicted class" in err
 
 
-def test_repeated_seeds_are_refused_at_load_time(write_study, capsys):
-    path = write_study(
-        {"study": "s", "defaults": TINY, "seeds": [0, 0, 1, 1], "variants": [{"name": "x", "seeds": [2, 2]}]}
-    )
-    assert main(["list", str(path)]) == 2
-    err = capsys.readouterr().err.replace("\n", " ")
-    assert "seeds: got [0, 0, 1, 1]; value error, seeds 0, 1 repeated; list each seed once (line" in err
-    assert "variants.0.seeds: got [2, 2]; value error, seed 2 repeated" in err
-
-
 def test_list_names_unreadable_metrics_and_runs_whose_process_is_gone(write_study, tmp_path, capsys):
     path = write_study({"study": "l", "defaults": TINY, "seeds": [0, 1]})
     results = tmp_path / "results"
@@ -112,24 +102,3 @@ def listing(capsys, path, results, seed) -> str:
     capsys.readouterr()
     assert main(["list", str(path), "--results", str(results), "--format", "json"]) == 0
     return next(r["status"] for r in json.loads(capsys.readouterr().out) if r["seed"] == seed)
-
-
-def test_only_picks_a_variant_by_its_exact_name_before_any_glob(write_study, capsys):
-    names = ["a[1]", "a1", "b*", "bx", "c?", "cc"]
-    path = write_study(
-        {"study": "g", "defaults": TINY, "baseline": False, "variants": [{"name": n, "set": {}} for n in names]}
-    )
-    study = load_study_file(path)
-    for pattern, picked in (
-        ("a[1]", ["a[1]"]),  # as a glob it would pick a1 only
-        ("b*", ["b*"]),
-        ("c?", ["c?"]),
-        ("a*", ["a[1]", "a1"]),  # not a name: a glob
-        ("?x", ["bx"]),
-    ):
-        assert [v.name for v in select(study, [pattern])] == picked, pattern
-    assert main(["list", str(path), "--format", "names"]) == 0
-    listed = capsys.readouterr().out.splitlines()
-    for name in listed:  # the Slurm recipe: each line of --format names selects itself alone
-        assert main(["list", str(path), "--only", name, "--format", "names"]) == 0
-        assert capsys.readouterr().out.splitlines() == [name]

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from bench.cli import main
-from bench.store import Store
+from bench.infra.store import Store
 from tests.helpers import TINY, variants_of
 
 
@@ -166,46 +166,6 @@ def test_a_run_killed_mid_way_resumes_and_matches_an_uninterrupted_one(write_stu
     )
 
 
-def test_a_result_whose_config_differs_is_never_reused(write_study, tmp_path):
-    path = study(write_study)
-    results = tmp_path / "results"
-    assert main(["run", str(path), "--results", str(results)]) == 0
-    (variant,) = variants_of(path)
-    store = Store(results)
-    assert store.state(variant) == "done"
-    cfg_file = store.run_dir(variant.run_id) / "config.json"
-    saved = json.loads(cfg_file.read_text())
-    saved["config"]["train"]["lr"] = 0.5  # edited by hand
-    cfg_file.write_text(json.dumps(saved))
-    assert store.state(variant) is None
-    (store.run_dir(variant.run_id) / "status.json").unlink()
-    assert store.state(variant) is None
-
-
-@pytest.mark.slow
-def test_two_processes_never_train_the_same_run(write_study, tmp_path):
-    path = study(write_study)
-    (variant,) = variants_of(path)
-    store = Store(tmp_path / "results")
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--results", str(store.root)]
-    with store.claim(variant.run_id) as mine:  # as if another bench process were training it
-        assert mine
-        with Store(tmp_path / "results").claim(variant.run_id) as theirs:
-            assert not theirs
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-        said = ""
-        for line in proc.stderr:  # until it says it waits for the holder
-            said += line
-            if "waiting" in line:
-                break
-        assert proc.poll() is None and "waiting" in said, said  # it waits instead of training beside the holder
-        assert not (store.run_dir(variant.run_id) / "metrics.json").exists()
-    out, err = proc.communicate(timeout=300)  # let go: it takes the run over
-    assert proc.returncode == 0, said + err
-    assert "another bench process is training baseline" in (said + err).replace("\n", " ")
-    assert store.state(variant) == "done"
-
-
 @pytest.mark.slow
 def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
     cfg = {**TINY, "model": {**TINY["model"], "freeze": "stem-layer3"}, "train": {**TINY["train"], "epochs": 6}}
@@ -241,12 +201,12 @@ def test_sigterm_stops_promptly_and_the_next_run_resumes(write_study, tmp_path):
     "error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError("host")]
 )
 def test_out_of_memory_is_recorded_with_a_hint(write_study, tmp_path, monkeypatch, error):
-    import bench.runner
+    import bench.infra.runner
 
     def oom(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(bench.runner, "fit", oom)
+    monkeypatch.setattr(bench.infra.runner, "fit", oom)
     results = tmp_path / "results"
     assert main(["run", str(study(write_study, ablate={"train.lr": [0.01]})), "--results", str(results)]) == 1
     statuses = [json.loads((d / "status.json").read_text()) for d in run_dirs(results)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import bench
-from bench.store import Store
+from bench.infra.store import Store
 from tests.helpers import TINY, extra_installed
 
 
@@ -85,7 +85,7 @@ def test_wandb_offline_run_holds_the_config_history_and_test_metrics(write_study
 def test_wandb_missing_is_a_tracker_error(monkeypatch):
     import builtins
 
-    from bench.trackers import TrackerError, WandB
+    from bench.infra.trackers import TrackerError, WandB
 
     real = builtins.__import__
 

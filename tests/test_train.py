@@ -6,10 +6,11 @@ import torch
 import torchvision
 from sklearn.metrics import f1_score
 
-from bench import data, train
+from bench import data
 from bench.config import RunConfig, TrainConfig
-from bench.metrics import classification_metrics
-from bench.transforms import BatchTransform
+from bench.training import loop as train
+from bench.training.metrics import classification_metrics
+from bench.training.transforms import BatchTransform
 from tests.helpers import TINY
 
 

@@ -22,9 +22,9 @@ BAD_INPUT = {
     "bench.api": "UsageError",
     "bench.models": "WeightsError",
     "bench.report.runs": "ReportError",
-    "bench.launch": "LaunchError",
-    "bench.files": "NotWritable",
-    "bench.trackers": "TrackerError",
+    "bench.infra.launch": "LaunchError",
+    "bench.infra.files": "NotWritable",
+    "bench.infra.trackers": "TrackerError",
 }
 
 
@@ -301,7 +301,7 @@ def version() -> str:
     """The installed versions, read from package metadata: importing torch to ask would take seconds."""
     from importlib import metadata
 
-    from bench.hashing import LIBRARIES, bench_version
+    from bench.infra.hashing import LIBRARIES, bench_version
 
     libraries = ", ".join(f"{name} {metadata.version(name)}" for name in LIBRARIES)
     return f"bench {bench_version()} ({libraries})"

@@ -61,7 +61,7 @@ def differs(v) -> str:
 
 def unreadable(store, v) -> str | None:
     """Why a finished run's metrics.json cannot be read (not JSON, a key missing), or None."""
-    from bench.record import RecordError
+    from bench.infra.record import RecordError
 
     try:
         store.read_metrics(v.run_id)
@@ -81,8 +81,8 @@ def pace(store, variants) -> tuple[float, int] | None:
 
 def cmd_list(args) -> int:
     from bench.cost import estimate_tflops
-    from bench.identity import resolve
-    from bench.store import Store
+    from bench.infra.identity import resolve
+    from bench.infra.store import Store
 
     study, variants = load(args)
     variants, missing = resolve(variants, strict=False)
@@ -109,7 +109,7 @@ def cmd_list(args) -> int:
 
 
 def executor(args, device):
-    from bench import launch
+    from bench.infra import launch
 
     if args.launcher == "ray":
         return launch.RayTasks(
@@ -122,9 +122,9 @@ def executor(args, device):
 
 def cmd_run(args) -> int:
     from bench.api import train
-    from bench.files import cache_root, check_writable
-    from bench.store import Store
-    from bench.trackers import trackers
+    from bench.infra.files import cache_root, check_writable
+    from bench.infra.store import Store
+    from bench.infra.trackers import trackers
 
     study, variants = load(args)
     device = pick_device(args.device)
@@ -146,8 +146,8 @@ def cmd_run(args) -> int:
 def dry_run(study, variants, store, retry_failed: bool) -> int:
     """`bench run --dry-run`: what would train and what would not, without decoding or training anything."""
     from bench.cost import estimate_tflops
-    from bench.identity import resolve
-    from bench.runner import pending
+    from bench.infra.identity import resolve
+    from bench.infra.runner import pending
 
     variants, missing = resolve(variants, strict=False)
     todo = {id(v) for v in pending(store, [v for v in variants if v.fingerprints], retry_failed)}
@@ -197,7 +197,7 @@ def cmd_speed(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.files import check_writable
+    from bench.infra.files import check_writable
     from bench.report import FORMATS, report
 
     formats = set(filter(None, args.format.split(",")))
@@ -216,7 +216,7 @@ def cmd_report(args) -> int:
         for page in (p for p in r.files if p.name.startswith("report.")):
             console.err.print(f"{r.study}: {page}", highlight=False, soft_wrap=True)
         if args.mlflow and r.files:
-            from bench.trackers import MLflow
+            from bench.infra.trackers import MLflow
 
             MLflow(args.mlflow, r.study).log_report(r.files, r.study)
             console.err.print(
@@ -228,8 +228,8 @@ def cmd_report(args) -> int:
 def cmd_verify(args) -> int:
     from rich.markup import escape
 
+    from bench.infra.store import Store
     from bench.report import ReportError, load_runs, verify
-    from bench.store import Store
 
     names = [args.study] if args.study else Store(args.results).study_names()
     if not names:

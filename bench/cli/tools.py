@@ -11,8 +11,8 @@ from bench.cli.commands import EXIT_OK, UsageError, list_status, load
 
 def cmd_show(args) -> int:
     """A variant's resolved configuration, run id, state and files, before or after it runs."""
-    from bench.identity import identity, resolve
-    from bench.store import Store
+    from bench.infra.identity import identity, resolve
+    from bench.infra.store import Store
 
     study, variants = load(args)
     chosen = [v for v in variants if v.name == args.variant and (args.seed is None or v.seed == args.seed)]
@@ -65,7 +65,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from bench.files import cache_parts, cache_root, clear_cache
+    from bench.infra.files import cache_parts, cache_root, clear_cache
 
     parts = cache_parts()
     if args.action == "clear":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.config import DataConfig
-from bench.files import cache_root  # noqa: F401  (re-exported: where caches live)
+from bench.infra.files import cache_root  # noqa: F401  (re-exported: where caches live)
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,7 @@ def data_fingerprint(cfg: DataConfig) -> str:
     """What the images are. Raises DataError when a folder source does not exist."""
     from bench.data import official
     from bench.data.folder import tree_sha256
-    from bench.hashing import file_sha256
+    from bench.infra.hashing import file_sha256
 
     if cfg.source in official.OFFICIAL:  # an official release, read by torchvision
         return official.fingerprint(cfg)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import DataError
-from bench.files import atomic_save, cache_root, temp_prefix
-from bench.hashing import bench_version, remembered, stat_key
+from bench.infra.files import atomic_save, cache_root, temp_prefix
+from bench.infra.hashing import bench_version, remembered, stat_key
 
 # The most pixels one image may have: Pillow's own warning threshold (about 89 million, 0.27 GB as RGB), far
 # above any image a benchmark trains on, so a crafted or mistaken huge file is refused by name, not decoded.

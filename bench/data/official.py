@@ -28,8 +28,8 @@ from bench.config import DataConfig
 from bench.data import DataError, Raw
 from bench.data.catalog import OFFICIAL, Official
 from bench.data.folder import decoded, square, to_rgb8, tree_sha256
-from bench.device import available_memory
-from bench.files import cache_root
+from bench.infra.files import cache_root
+from bench.training.device import available_memory
 
 
 def root(cfg: DataConfig) -> Path:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import stats
-from bench.files import atomic_write
+from bench.infra.files import atomic_write
+from bench.infra.store import Store
 from bench.report.canvas import EXTENSIONS
 from bench.report.describe import best_variant, data_title, default_baseline, made_with, status
 from bench.report.effects_plot import effects_figure
@@ -23,7 +24,6 @@ from bench.report.paper import figure6, reproduction_table
 from bench.report.references import depth_rows, depth_table, references_table
 from bench.report.runs import ReportError, StudyRuns, load_runs
 from bench.report.tables import effects, effects_table, paired, per_class_table, results_table
-from bench.store import Store
 from bench.util import did_you_mean
 
 FORMATS = tuple(EXTENSIONS)  # md, tex
@@ -146,7 +146,7 @@ def write_reports(
     could not include is raised as warnings (UserWarning)."""
     import warnings
 
-    from bench.files import check_writable
+    from bench.infra.files import check_writable
 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:

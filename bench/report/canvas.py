@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.files import atomic_save
+from bench.infra.files import atomic_save
 
 EXTENSIONS = {"md": "png", "tex": "pdf"}
 LINESTYLES = ("-", "--", ":", "-.")

@@ -13,9 +13,9 @@ import pandas as pd
 import yaml
 
 from bench.data.catalog import OFFICIAL
-from bench.outcome import FeatureCache
 from bench.report.format import VAL_ACC, mean_of
 from bench.report.runs import Run, StudyRuns
+from bench.training.outcome import FeatureCache
 from bench.util import flatten, fmt_value
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.infra.store import Store
 from bench.report.runs import load_runs
-from bench.store import Store
 from bench.util import flatten
 
 METRIC_COLUMNS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -59,7 +59,7 @@ def runs_table(root: Path, study: str | None = None) -> pd.DataFrame:
 
 def write(table: pd.DataFrame, path: Path) -> None:
     """CSV or Parquet by the file's suffix (Parquet needs pyarrow: pip install -e '.[export]')."""
-    from bench.files import atomic_save
+    from bench.infra.files import atomic_save
 
     if path.suffix == ".parquet":
         atomic_save(path, lambda f: table.to_parquet(f, index=False))

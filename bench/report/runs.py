@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.record import RecordError, RunMetrics
-from bench.store import Store
+from bench.infra.record import RecordError, RunMetrics
+from bench.infra.store import Store
 
 
 class ReportError(Exception):

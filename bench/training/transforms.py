@@ -66,7 +66,7 @@ class BatchTransform:
 
     @property
     def on_host(self) -> bool:
-        """Whether part of the pipeline runs on the host: the images are best kept there (bench.train)."""
+        """Whether part of the pipeline runs on the host: the images are best kept there (bench.training.loop)."""
         return self.policy is not None
 
     def load(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -37,8 +37,8 @@ DONE_FILES = (METRICS, PREDICTIONS, HISTORY)  # a run is done only when all of t
 
 
 class HistoryRow(TypedDict, total=False):
-    """One row of history.csv, its keys in column order: an epoch of bench.train, or one setting a probe
-    fitted (bench.probes: no steps, lr NaN, then its l2 / k / temperature and whether it was selected)."""
+    """One row of history.csv, its keys in column order: an epoch of bench.training.loop, or one setting a probe
+    fitted (bench.training.probes: no steps, lr NaN, then its l2 / k / temperature and whether it was selected)."""
 
     epoch: int
     steps: int  # optimizer steps (iterations) so far, Figure 6's x-axis
@@ -102,7 +102,7 @@ class RunMetrics(Record):
     epochs: int
     train_seconds: float
     train_images_per_sec: float
-    feature_cache: str = "off"  # a bench.outcome.FeatureCache value, or 'off: why'
+    feature_cache: str = "off"  # a bench.training.outcome.FeatureCache value, or 'off: why'
     weights: str = "?"  # in words: 'pretrained (torchvision:IMAGENET1K_V1)' or 'random init ...'
     pretrained: bool = True
     dataset: str = "?"
@@ -127,7 +127,7 @@ class RunHeader(Record):
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any]
-    identity: dict[str, Any] | None = None  # settings without paths + data/weights fingerprints (bench.identity)
+    identity: dict[str, Any] | None = None  # settings without paths + data/weights fingerprints (bench.infra.identity)
     code: dict[str, str] = Field(default_factory=dict)  # bench (version+source hash), torch, torchvision, timm
 
 

@@ -3,7 +3,7 @@
 With model.freeze: stem, stem-layerN or stem-stageN and deterministic inputs (no augmentation), the frozen
 stem and first N stages (in eval mode: BatchNorm statistics fixed) give every image the same output in every
 epoch. So that output is computed once, per (weights, frozen stages, resolution, normalisation, data,
-precision; bench.features' key plus the stages), and every epoch runs only the trainable stages and the head on
+precision; bench.training.features' key plus the stages), and every epoch runs only the trainable stages and the head on
 it: a feature cache one level down. The results equal the full path's (tests/test_prefix.py).
 
   size     N images x the prefix's output per image (ResNet-50 behind layer3: 1024 x (resolution/16)^2
@@ -31,21 +31,21 @@ from torch import nn
 
 from bench import models
 from bench.config import RunConfig
-from bench.device import autocast, memory_available
+from bench.training.device import autocast, memory_available
 
 DISK_LIMIT = 4 * 2**30
 
 
 class Rest(nn.Module):
     """What follows the frozen prefix: the trainable stages and the pooling as `backbone` (parameter names
-    as in the whole backbone, so bench.recipes groups them alike), then the head."""
+    as in the whole backbone, so bench.training.recipes groups them alike), then the head."""
 
     def __init__(self, stages: nn.Sequential, head: nn.Module):
         super().__init__()
         self.backbone, self.head = stages, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # float32 as the whole network has it here: the outputs may be stored in bf16 (bench.features)
+        # float32 as the whole network has it here: the outputs may be stored in bf16 (bench.training.features)
         return self.head(self.backbone(x.float()))
 
 
@@ -114,9 +114,9 @@ def keep_on_disk(path: Path, nbytes: int) -> bool:
 
 @torch.no_grad()
 def probe(prefix: nn.Module, resolution: int, device: torch.device, dtype: torch.dtype | None) -> tuple[int, int, int]:
-    """(values per image, bytes per value, peak bytes per image) of the prefix's outputs, as bench.features computes
-    them (eval mode, autocast to `dtype`): the peak is measured on the GPU (max_memory_allocated over a few images)
-    and 0 on the host, where it is small beside the outputs."""
+    """(values per image, bytes per value, peak bytes per image) of the prefix's outputs, as training.features
+    computes them (eval mode, autocast to `dtype`): the peak is measured on the GPU (max_memory_allocated over a
+    few images) and 0 on the host, where it is small beside the outputs."""
     x = torch.zeros(PROBE_IMAGES, 3, resolution, resolution, device=device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     if device.type == "cuda":

@@ -18,10 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import features, prefix, probes, recipes, transforms
 from bench.config import RunConfig, TrainConfig
 from bench.data import Dataset, cache_root
-from bench.device import (
+from bench.infra.files import atomic_save
+from bench.infra.record import HistoryRow
+from bench.models import build_model
+from bench.training import features, prefix, probes, recipes, transforms
+from bench.training.device import (
     EvalBatch,
     autocast,
     autocast_dtype,
@@ -32,11 +35,8 @@ from bench.device import (
     precision_name,
     setup,
 )
-from bench.features import predict
-from bench.files import atomic_save
-from bench.models import build_model
-from bench.outcome import FeatureCache, FitContext, Outcome
-from bench.record import HistoryRow
+from bench.training.features import predict
+from bench.training.outcome import FeatureCache, FitContext, Outcome
 
 
 class Diverged(Exception):
@@ -64,7 +64,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer over `net`'s parameter groups (bench.recipes: one group unless a recipe splits them)."""
+    """The optimizer over `net`'s parameter groups (bench.training.recipes: one group unless a recipe splits them)."""
     groups = recipes.param_groups(net, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -304,7 +304,7 @@ class Trainee:
 
 def _what_trains(run: FitContext, feature_cache: bool, cache_dir: Path) -> Trainee:
     """The head on backbone features computed once (frozen backbone, deterministic inputs), the trainable
-    stages on frozen-prefix outputs computed once (bench.prefix), or the whole network on the images."""
+    stages on frozen-prefix outputs computed once (bench.training.prefix), or the whole network on the images."""
     cfg, model, data, device, dtype, eval_bs = run.cfg, run.model, run.data, run.device, run.dtype, run.eval_bs
     if feature_cache and features.cacheable(cfg):
         feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, cache_dir, run.progress)

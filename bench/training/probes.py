@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import features
-from bench.device import precision_name
-from bench.files import cache_root
-from bench.outcome import FeatureCache, FitContext, Outcome
-from bench.record import HistoryRow
+from bench.infra.files import cache_root
+from bench.infra.record import HistoryRow
+from bench.training import features
+from bench.training.device import precision_name
+from bench.training.outcome import FeatureCache, FitContext, Outcome
 
 L2_GRID = tuple(10.0**e for e in range(5, -7, -1))  # 1e5 .. 1e-6, strongest first (warm starts)
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
@@ -204,7 +204,7 @@ def fit_knn(x_tr, y_tr, x_va, y_va, num_classes: int, ks=K_GRID, temps=T_GRID, a
 
 
 def fit_probe(run: FitContext, cache_dir: Path | None, feature_cache: bool) -> Outcome:
-    """train.fit for `model.head.kind: logreg | knn`: the backbone's features (bench.features, cached as
+    """train.fit for `model.head.kind: logreg | knn`: the backbone's features (bench.training.features, cached as
     for the mlp head), the probe fitted and selected on train/val, the test split predicted once."""
     cfg, model, data, device, dtype = run.cfg, run.model, run.data, run.device, run.dtype
     kind = cfg.model.head.kind

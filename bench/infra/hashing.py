@@ -14,7 +14,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from bench.files import atomic_write, cache_root, try_lock
+from bench.infra.files import atomic_write, cache_root, try_lock
 
 CHUNK = 1 << 20
 

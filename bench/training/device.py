@@ -50,7 +50,7 @@ def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
 
 class EvalBatch:
     """A run's evaluation batch size, shared by its evaluations: halved for the rest of the run when a batch
-    runs out of memory (bench.features.predict), so a big batch cannot fail a run after a whole epoch."""
+    runs out of memory (bench.training.features.predict), so a big batch cannot fail a run after a whole epoch."""
 
     def __init__(self, size: int):
         self.size = size

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from bench import identity, transforms
-from bench import prefix as bench_prefix
 from bench.config import RunConfig
 from bench.data import Dataset
-from bench.device import EvalBatch, autocast, release_memory
-from bench.files import atomic_save
-from bench.transforms import BatchTransform
+from bench.infra import identity
+from bench.infra.files import atomic_save
+from bench.training import prefix as bench_prefix
+from bench.training import transforms
+from bench.training.device import EvalBatch, autocast, release_memory
+from bench.training.transforms import BatchTransform
 
 
 def cacheable(cfg: RunConfig) -> bool:
@@ -41,7 +42,7 @@ def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None, prefix: 
     }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
         what["seed"] = cfg.seed
-    if prefix:  # the outputs of the frozen stages only (bench.prefix)
+    if prefix:  # the outputs of the frozen stages only (bench.training.prefix)
         what["prefix"] = cfg.model.freeze
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -102,7 +103,8 @@ def split_features(
     prefix: bool = False,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """{'train'|'val'|'test': (N, width) features} from `cache_dir` or computed now; and whether it hit.
-    `prefix`: `backbone` is a frozen prefix (bench.prefix), whose outputs are kept on disk only when small enough."""
+    `prefix`: `backbone` is a frozen prefix (training.prefix), whose outputs are kept on disk only when small
+    enough."""
     path = cache_dir / f"{cache_key(cfg, data, dtype, prefix)}.pt"
     if path.exists():
         try:
@@ -116,7 +118,7 @@ def split_features(
     what = "frozen prefix outputs" if prefix else "backbone features"
     advance = progress(f"{what} (computed once, then cached)", total) if progress else None
     # a frozen prefix's outputs (large) are kept as computed (bf16 under bf16 autocast: half the memory of
-    # fp32, the same values; bench.prefix.Rest upcasts each batch); pooled features as float32
+    # fp32, the same values; bench.training.prefix.Rest upcasts each batch); pooled features as float32
     out_dtype = None if prefix else torch.float32
     feats = {
         s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance, out_dtype)

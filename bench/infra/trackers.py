@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench import record
-from bench.store import Store
+from bench.infra import record
+from bench.infra.store import Store
 from bench.util import flatten
 
 TEST_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")

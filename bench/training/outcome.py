@@ -1,5 +1,5 @@
-"""What one fit reads and returns (bench.train.fit, bench.probes.fit_probe): a leaf both build on, and that the
-report reads (no torch)."""
+"""What one fit reads and returns (bench.training.loop.fit, bench.training.probes.fit_probe): a leaf both
+build on, and that the report reads (no torch)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
     from bench.config import RunConfig
     from bench.data import Dataset
-    from bench.device import EvalBatch
-    from bench.record import HistoryRow
+    from bench.infra.record import HistoryRow
+    from bench.training.device import EvalBatch
 
 
 class FeatureCache(StrEnum):
@@ -24,7 +24,7 @@ class FeatureCache(StrEnum):
 
     COMPUTED = "computed"  # backbone features, computed by this run
     HIT = "hit"  # backbone features from the cache: the run's time leaves out the backbone
-    PREFIX_COMPUTED = "prefix computed"  # frozen-prefix outputs (bench.prefix), computed by this run
+    PREFIX_COMPUTED = "prefix computed"  # frozen-prefix outputs (bench.training.prefix), computed by this run
     PREFIX_HIT = "prefix hit"  # frozen-prefix outputs from the cache
     OFF = "off"  # the whole network ran every epoch; 'off: why' where the prefix cache was refused
 

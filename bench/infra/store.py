@@ -1,6 +1,6 @@
 """The results store: one folder of plain files per run, every file written atomically.
 
-    <root>/runs/<run_id>/       the run record (bench.record says which files and keys)
+    <root>/runs/<run_id>/       the run record (bench.infra.record says which files and keys)
     <root>/studies/<study>.json which variant (name, seed) maps to which run_id
 
 A run counts as done only when status.json says so *and* its saved config equals the one
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import identity, record
 from bench.config import RunConfig
-from bench.files import NotWritable, alive, atomic_write, free_bytes, now, read_json, sweep, try_lock, write_json
-from bench.record import RunHeader, RunMetrics, RunStatus, StudyManifest
+from bench.infra import identity, record
+from bench.infra.files import NotWritable, alive, atomic_write, free_bytes, now, read_json, sweep, try_lock, write_json
+from bench.infra.record import RunHeader, RunMetrics, RunStatus, StudyManifest
 from bench.study import Study, Variant
 
 NO_SPACE = "no space left"  # a failure of the disk, not of the run: retried by the next `bench run`

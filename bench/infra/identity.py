@@ -4,7 +4,7 @@ A run id hashes the resolved configuration *without paths*, together with the fi
 the data and the weights, so a result is reused only for the same images and the same weights
 wherever they lie, and never for other ones at the same path. The code (bench's version and
 source, torch, torchvision, timm) is recorded beside it: a run made by other code keeps its id
-and is shown as such (`bench run --rerun-stale` re-runs it). The hashing itself is bench.hashing's.
+and is shown as such (`bench run --rerun-stale` re-runs it). The hashing itself is bench.infra.hashing's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.hashing import bench_version, file_sha256, library_versions
+from bench.infra.hashing import bench_version, file_sha256, library_versions
 
 if TYPE_CHECKING:  # annotations only
     from bench.config import ModelConfig, RunConfig

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from bench.runner import Hooks, Inputs, RunResult, execute
-from bench.store import Store
+from bench.infra.runner import Hooks, Inputs, RunResult, execute
+from bench.infra.store import Store
 from bench.study import Study, Variant
 
 

@@ -2,7 +2,7 @@
 an executor (in this process, a worker pool, Ray tasks), store every result, and record
 failures without stopping the grid.
 
-`drive` is the one skeleton every launcher shares; an executor (bench.launch) decides only
+`drive` is the one skeleton every launcher shares; an executor (bench.infra.launch) decides only
 where `execute` runs for each pending variant.
 """
 
@@ -20,16 +20,16 @@ import pandas as pd
 import torch
 
 from bench import data as data_mod
-from bench import identity, record
-from bench.device import device_name, out_of_memory, release_memory
-from bench.files import atomic_save, sweep_cache
-from bench.hashing import library_versions
-from bench.metrics import classification_metrics
+from bench.infra import identity, record
+from bench.infra.files import atomic_save, sweep_cache
+from bench.infra.hashing import library_versions
+from bench.infra.record import RunMetrics
+from bench.infra.store import NO_SPACE, Store
 from bench.models import build_backbone, describe_weights
-from bench.record import RunMetrics
-from bench.store import NO_SPACE, Store
 from bench.study import Study, Variant
-from bench.train import Diverged, fit
+from bench.training.device import device_name, out_of_memory, release_memory
+from bench.training.loop import Diverged, fit
+from bench.training.metrics import classification_metrics
 
 
 @dataclass
