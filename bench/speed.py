@@ -23,11 +23,19 @@ import torch
 import torch.nn.functional as F
 
 from bench import data as data_mod
+from bench.kernels import BACKWARD_COST, matmul_gflops, speedups
 from bench.models import build_model
 from bench.study import Target, Variant
 from bench.training import features, transforms
 from bench.training import loop as train
-from bench.training.device import autocast, autocast_dtype, channels_last, device_name, eval_batch_size
+from bench.training.device import (
+    autocast,
+    autocast_dtype,
+    device_name,
+    eval_batch_size,
+    memory_format,
+    to_format,
+)
 from bench.training.outcome import FeatureCache
 
 
@@ -68,13 +76,14 @@ def timed(fn, device):
 def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, warmup: int = 3) -> float:
     """Images/s of forward + backward + step on random tensors already on the device."""
     cfg = v.config
-    model = channels_last(build_model(cfg.model, 10).to(device), device)
+    fmt = memory_format(cfg.input.resolution, device)
+    model = to_format(build_model(cfg.model, 10).to(device), fmt)
     model.train()
-    opt = train.make_optimizer(cfg.train, model)
+    opt = train.make_optimizer(cfg.train, model, device)
     fwd = torch.compile(model) if cfg.train.compile else model  # compiled as the run compiles it
     dtype = autocast_dtype(cfg.train, device)
     bs, r = cfg.train.batch_size, cfg.input.resolution
-    x = channels_last(torch.randn(bs, 3, r, r, device=device), device)
+    x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
     y = torch.randint(0, 10, (bs,), device=device)
 
     def step():
@@ -93,7 +102,7 @@ def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, war
 def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     """One forward pass of the backbone over every image of the three splits."""
     cfg = v.config
-    model = channels_last(build_model(cfg.model, len(ds.classes)).to(device), device)  # as train.fit has it
+    model = to_format(build_model(cfg.model, len(ds.classes)).to(device), memory_format(cfg.input.resolution, device))
     transform = transforms.for_run(cfg, ds, False)
     dtype, batch = autocast_dtype(cfg.train, device), eval_batch_size(cfg.train, device)
     _, seconds = timed(
@@ -111,22 +120,25 @@ def run_speed(variants: list[Variant], device: torch.device, progress=None, on_r
     hears the table so far after each variant (`bench speed` writes it, so a run cut short keeps its rows)."""
     datasets: dict = {}
     rows = []
+    peak = matmul_gflops(device)
     with tempfile.TemporaryDirectory() as tmp:
         for i, v in enumerate(variants):
-            rows.append(speed_of(v, datasets, Path(tmp) / str(i), device, progress))
+            rows.append(speed_of(v, datasets, Path(tmp) / str(i), device, progress, peak))
             if on_row:
-                on_row(_table(rows, device))
-    return _table(rows, device)
+                on_row(_table(rows, device, peak))
+    return _table(rows, device, peak)
 
 
-def _table(rows: list[dict], device: torch.device) -> pd.DataFrame:
+def _table(rows: list[dict], device: torch.device, peak: float) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.insert(0, "device", device_name(device))
+    table.insert(1, "matmul_gflop_s", peak)
     return table
 
 
-def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, progress=None) -> dict:
-    """One row of the speed table; `cache` is an empty folder (a cold feature cache for the first timing)."""
+def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, progress=None, peak=float("nan")) -> dict:
+    """One row of the speed table; `cache` is an empty folder (a cold feature cache for the first timing). The
+    backbone's forward pass and the model-only step are also in GFLOP/s and percent of `peak` (matmul's)."""
     cfg = v.config
     if cfg.train.compile and cfg.train.epochs < 2:  # a warm epoch after the one that compiles
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
@@ -168,6 +180,9 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
         _, row["cached_again_s"] = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache), device)
         _, row["uncached_s"] = timed(lambda: train.fit(cfg, ds, device, feature_cache=False, progress=progress), device)
         row["forward_pass_s"] = backbone_forward_seconds(v, ds, device)
+        images = len(ds.train) + len(ds.val) + len(ds.test)
+        row["forward_gflop_s"] = 2 * macs(cfg) * images / row["forward_pass_s"] / 1e9
+        row["forward_pct_of_matmul"] = 100 * row["forward_gflop_s"] / peak
         row["uncached_over_cached"] = row["uncached_s"] / seconds
         row["cached_over_forward"] = seconds / row["forward_pass_s"]
         row["second_over_first"] = row["cached_again_s"] / seconds
@@ -186,8 +201,17 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
         steps = max(3, min(20, len(ds.train) // cfg.train.batch_size))  # as many images as the pipeline saw
         row["model_only_train_img_s"] = model_only_train_rate(v, device, steps)
         row["pipeline_over_model_only"] = row["train_img_s"] / row["model_only_train_img_s"]
+        row["model_only_gflop_s"] = 2 * macs(cfg) * (1 + BACKWARD_COST) * row["model_only_train_img_s"] / 1e9
+        row["model_only_pct_of_matmul"] = 100 * row["model_only_gflop_s"] / peak
     row["peak_rss_mb"] = rss_mb()
     return row
+
+
+def macs(cfg) -> float:
+    """The backbone's forward multiply-adds per image (cost.stage_macs)."""
+    from bench.cost import stage_macs
+
+    return stage_macs(cfg.model.arch, cfg.input.resolution)["total"]
 
 
 COMPARISONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}  # a study file's target.op
@@ -247,13 +271,14 @@ def write_speed_report(
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "speed.csv", index=False, float_format="%.4g")
     targets = check_targets(table, targets)
-    md = table.drop(columns=["device"]).to_markdown(index=False, floatfmt=".3g")
+    md = table.drop(columns=["device", "matmul_gflop_s"]).to_markdown(index=False, floatfmt=".3g")
     if workers is not None:
         workers.to_csv(out / "workers.csv", index=False, float_format="%.4g")
         md += "\n\nThe same runs as a study, one worker against several (cold feature caches each time):\n\n"
         md += workers.to_markdown(index=False, floatfmt=".3g")
     lines = [
-        f"Device: {table['device'].iloc[0]}. Command: `bench {' '.join(map(shlex.quote, command))}`",
+        f"Device: {table['device'].iloc[0]}; float32 matmul {table['matmul_gflop_s'].iloc[0]:.0f} GFLOP/s. "
+        f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
         md,
         "",
@@ -263,3 +288,30 @@ def write_speed_report(
     lines += [f"| {w} | {v} | {'yes' if ok else 'NO'} |" for w, v, ok in targets]
     (out / "speed.md").write_text("\n".join(lines) + "\n")
     return md, targets
+
+
+def write_kernels_report(
+    table: pd.DataFrame, out: Path, command: list[str], device: str, peak: float, targets: list[Target]
+) -> tuple[str, list[tuple[str, str, bool]]]:
+    """kernels.csv and kernels.md (the timings, the picked choice's speed-ups, the study's targets judged on
+    them) in `out`; returns the markdown and the targets judged."""
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "kernels.csv", index=False, float_format="%.4g")
+    ups = speedups(table)
+    judged = check_targets(ups, targets)
+    md = table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + ups.to_markdown(index=False, floatfmt=".3g")
+    lines = [
+        f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (4096 x 4096). "
+        f"Command: `bench {' '.join(map(shlex.quote, command))}`",
+        "",
+        "Synthetic tensors, median of 5 calls after 2 warm-up calls; a training step is counted as 3x the forward "
+        "pass's FLOPs; `picked` is training.device's rule.",
+        "",
+        md,
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        *(f"| {w} | {v} | {'yes' if ok else 'NO'} |" for w, v, ok in judged),
+    ]
+    (out / "kernels.md").write_text("\n".join(lines) + "\n")
+    return md, judged

@@ -164,5 +164,6 @@ def test_sgd_momentum_follows_nesterov():
     from bench.training.loop import make_optimizer
 
     net = torch.nn.Linear(2, 2)
-    assert make_optimizer(TrainConfig(optimizer="sgd"), net).defaults["nesterov"] is True
-    assert make_optimizer(TrainConfig(optimizer="sgd", nesterov=False), net).defaults["nesterov"] is False
+    cpu = torch.device("cpu")
+    assert make_optimizer(TrainConfig(optimizer="sgd"), net, cpu).defaults["nesterov"] is True
+    assert make_optimizer(TrainConfig(optimizer="sgd", nesterov=False), net, cpu).defaults["nesterov"] is False

@@ -104,3 +104,36 @@ def test_a_compiled_variant_is_timed_on_a_warm_epoch_with_its_compile_time_apart
     row = run_speed([v for v in load_study_file(path).variants if v.name == "c"], torch.device("cpu")).iloc[0]
     assert row.epochs == 2  # the first epoch compiles, the second is the one timed
     assert "compile_s" in row and np.isfinite(row.compile_s) and row.train_img_s > 0
+
+
+@pytest.mark.slow  # two small networks, each pass timed 7 times in every choice
+def test_bench_speed_kernels_times_every_choice_and_marks_what_the_rule_picks(write_study, tmp_path):
+    from bench.cli import main
+    from bench.training.device import CPU_CHANNELS_LAST_MIN_PX
+
+    model = {**TINY["model"], "arch": "resnet18", "freeze": "none"}
+    big = CPU_CHANNELS_LAST_MIN_PX
+    study = {
+        "study": "kernels",
+        "defaults": {**TINY, "model": model},
+        "baseline": False,
+        "variants": [
+            {"name": "small", "set": {"input.resolution": 16}},
+            {"name": "big", "set": {"input.resolution": big}},
+        ],
+        "targets": [{"column": "picked_over_fastest", "op": ">=", "bound": 0.0, "what": "always met"}],
+    }
+    started = time.perf_counter()
+    assert main(["speed", str(write_study(study)), "--kernels", "--out", str(tmp_path / "k")]) == 0
+    elapsed = time.perf_counter() - started
+    table = pd.read_csv(tmp_path / "k" / "kernels.csv")
+    assert table.groupby(["variant", "pass"]).picked.sum().eq(1).all()  # one choice picked per pass
+    picked = table[table.picked].set_index(["variant", "pass"]).choice
+    assert picked["small", "forward"] == "contiguous" and picked["big", "forward"] == "channels_last"
+    assert (
+        picked["small", "train step"] == "contiguous, fused" and picked["big", "train step"] == "channels_last, fused"
+    )
+    assert set(table[table["pass"] == "adam step"].choice) == {"for-loop", "foreach", "fused"}
+    assert (table.ms > 0).all() and (table.ms * 7 / 1000).sum() <= elapsed  # 7 calls a choice, on a clock outside
+    md = (tmp_path / "k" / "kernels.md").read_text()
+    assert "float32 matmul" in md and "| always met |" in md and "picked_over_default" in md

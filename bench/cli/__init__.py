@@ -201,6 +201,12 @@ def parser() -> argparse.ArgumentParser:
         help="also run the variants as a study with 1 worker, then N worker processes (bench run --parallel N), "
         "each with its share of the cores; writes workers.csv",
     )
+    sp.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead of the runs: each variant's network in both memory formats and the optimizer step in each of "
+        "torch's implementations, on synthetic tensors, against the matmul peak; writes kernels.csv and kernels.md",
+    )
 
     sp = command(
         "report",

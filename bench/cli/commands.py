@@ -175,6 +175,8 @@ def cmd_speed(args) -> int:
     study, variants = load(args)
     device = pick_device(args.device)
     console.doing("benchmarking", "nothing was written")
+    if args.kernels:
+        return speed_kernels(args, study, variants, device)
     with console.progress(transient=True) as progress:
         # written after each variant: a run cut short (a time limit, an out-of-memory) keeps the rows it has
         on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:], study.targets)  # noqa: E731
@@ -193,6 +195,26 @@ def cmd_speed(args) -> int:
             f"{'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: {measured}", highlight=False, soft_wrap=True
         )
     console.err.print(f"written: {args.out / 'speed.csv'}, {args.out / 'speed.md'}")
+    return EXIT_OK
+
+
+def speed_kernels(args, study, variants, device) -> int:
+    """bench speed --kernels: memory formats and optimizer implementations, timed on synthetic tensors."""
+    from bench.kernels import kernels_table, matmul_gflops
+    from bench.speed import write_kernels_report
+    from bench.training.device import device_name
+
+    console.err.print("timing float32 matmul, then each variant's network in both memory formats ...")
+    peak = matmul_gflops(device)
+    table = kernels_table(variants, device, peak)
+    md, targets = write_kernels_report(table, args.out, sys.argv[1:], device_name(device), peak, study.targets)
+    console.out.width = max(console.out.width, 200)
+    console.out.print(md)
+    for what, measured, ok in targets:
+        console.out.print(
+            f"{'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: {measured}", highlight=False, soft_wrap=True
+        )
+    console.err.print(f"written: {args.out / 'kernels.csv'}, {args.out / 'kernels.md'}")
     return EXIT_OK
 
 

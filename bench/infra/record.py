@@ -111,6 +111,8 @@ class RunMetrics(Record):
     n_test: int | None = None
     device: str = "?"
     precision: str = "?"
+    memory_format: str = "?"  # the network's (training.device.memory_format); "?" in older records
+    optimizer_impl: str = "?"  # torch's fused or default implementation; "none" for a probe
     versions: dict[str, str] = Field(default_factory=dict)
     # cpu (model name), isa (what torch dispatches to, and the CPU's vector flags), gpu (model or none):
     # the same run id can give other numbers on another processor. Empty in records that predate it.

@@ -281,6 +281,8 @@ def _train_and_record(
         n_test=len(dataset.test),
         device=device_name(device),
         precision=outcome.precision,
+        memory_format=outcome.memory_format,
+        optimizer_impl=outcome.optimizer_impl,
         versions=versions(),
         hardware=hardware(device),
     )

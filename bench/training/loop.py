@@ -28,12 +28,15 @@ from bench.training.device import (
     EvalBatch,
     autocast,
     autocast_dtype,
-    channels_last,
     eval_batch_size,
+    format_name,
     grad_scaler,
     memory_available,
+    memory_format,
+    optimizer_impl,
     precision_name,
     setup,
+    to_format,
 )
 from bench.training.features import predict
 from bench.training.outcome import FeatureCache, FitContext, Outcome
@@ -63,9 +66,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer over `net`'s parameter groups (bench.training.recipes: one group unless a recipe splits them)."""
+def make_optimizer(cfg: TrainConfig, net: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer over `net`'s parameter groups (training.recipes: one group unless a recipe splits them), in
+    torch's fused implementation where the device has one (device.optimizer_impl)."""
     groups = recipes.param_groups(net, cfg)
+    impl = {"fused": True} if optimizer_impl(cfg.optimizer, device) == "fused" else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups,
@@ -73,9 +78,10 @@ def make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimi
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov and cfg.momentum > 0,
+            **impl,
         )
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
 
 
 def exploded_loss(classes: int) -> float:
@@ -132,7 +138,8 @@ def fit(
     tc = cfg.train
     setup(device)
     dtype = autocast_dtype(tc, device)
-    model = channels_last(build_model(cfg.model, len(data.classes)).to(device), device)
+    fmt = memory_format(cfg.input.resolution, device)
+    model = to_format(build_model(cfg.model, len(data.classes)).to(device), fmt)
     run = FitContext(cfg, model, data, device, dtype, EvalBatch(eval_batch_size(tc, device)), progress)
 
     if cfg.model.head.kind != "mlp":  # a logreg / k-NN probe on the frozen features: no epochs
@@ -189,11 +196,13 @@ def fit(
         trainee.feature_cache,
         precision_name(dtype),
         model,
+        format_name(fmt),
+        optimizer_impl(tc.optimizer, device),
     )
 
 
 def _loop(tc: TrainConfig, net: torch.nn.Module, n_train: int, device: torch.device, dtype) -> Loop:
-    optimizer = make_optimizer(tc, net)  # every parameter that will ever train, gradual unfreezing included
+    optimizer = make_optimizer(tc, net, device)  # every parameter that will ever train, gradual unfreezing included
     # A last batch of one image is dropped each epoch: BatchNorm cannot normalise a single sample.
     # The order is reshuffled every epoch, so no image is left out for good.
     n_used = n_train - 1 if n_train % tc.batch_size == 1 and n_train > 1 else n_train

@@ -55,3 +55,5 @@ class Outcome:
     feature_cache: FeatureCache | str  # a FeatureCache, or 'off: why' (the prefix cache refused)
     precision: str  # 'bfloat16' or 'float16' (autocast), or 'fp32'
     model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
+    memory_format: str = "contiguous"  # the network's: 'channels_last' or 'contiguous' (training.device's rule)
+    optimizer_impl: str = "none"  # 'fused' or 'default' (torch's implementation); 'none' for a probe

@@ -1,0 +1,175 @@
+"""`bench speed --kernels`: the choices training.device makes by rule, measured side by side on this machine.
+
+For each variant's network, on synthetic tensors (the data pipeline left out): one forward pass (eval mode, no
+gradients: the frozen-feature pass and evaluation) and one training step (forward, backward, optimizer step),
+each in torch's default layout and in channels_last; then the optimizer step alone in torch's three
+implementations (for-loop, foreach, fused). Every pass is also given in GFLOP/s and as a share of the machine's
+own float32 matmul throughput, the nearest thing to its peak that torch reaches, so a table says how close to
+the hardware each path runs. `picked` marks what the rule chooses; a rule whose pick is slower is visible here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bench.cost import stage_macs
+from bench.models import build_model
+from bench.study import Variant
+from bench.training.device import autocast, autocast_dtype, format_name, memory_format, optimizer_impl, to_format
+
+FORMATS = (torch.contiguous_format, torch.channels_last)
+BACKWARD_COST = 2  # a backward pass costs about twice the forward's multiply-adds (gradients of inputs and weights)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """The median of `repeats` timed calls after `warmup` untimed ones (the median: one slow call from another
+    process does not move it)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(pd.Series(times).median())
+
+
+def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of an n x n float32 matmul (2 n^3 FLOPs) on `device`: what the machine's BLAS reaches."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, device, 1, repeats) / 1e9
+
+
+def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = 5) -> list[dict]:
+    """The rows of one variant: forward and training step per memory format, the optimizer step per
+    implementation; images/s, GFLOP/s and percent of `peak` (matmul GFLOP/s)."""
+    cfg = v.config
+    tc, r, bs = cfg.train, cfg.input.resolution, cfg.train.batch_size
+    macs = stage_macs(cfg.model.arch, r)["total"]  # the backbone's forward multiply-adds per image
+    dtype = autocast_dtype(tc, device)
+    picked_fmt = memory_format(r, device)
+    base = {"variant": v.name, "arch": cfg.model.arch, "resolution": r, "batch": bs, "precision": str(dtype or "fp32")}
+    rows = []
+
+    def row(what: str, choice: str, seconds: float, flops: float, picked: bool) -> dict:
+        gflops = flops / seconds / 1e9
+        return {
+            **base,
+            "pass": what,
+            "choice": choice,
+            "ms": 1000 * seconds,
+            "img_s": bs / seconds,
+            "gflop_s": gflops,
+            "pct_of_matmul": 100 * gflops / peak,
+            "picked": picked,
+        }
+
+    default_impl = "foreach" if device.type == "cuda" else "for-loop"  # what torch picks when not told
+    picked_impl = "fused" if optimizer_impl(tc.optimizer, device) == "fused" else default_impl
+    for fmt in FORMATS:
+        model = network(v, fmt, device)
+        x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
+        s = forward_seconds(model, x, device, dtype, repeats)
+        rows.append(row("forward", format_name(fmt), s, 2 * macs * bs, fmt == picked_fmt))
+        for impl in (default_impl, "fused"):
+            s = step_seconds(model, x, IMPLS[impl], v, device, dtype, repeats)
+            picked = fmt == picked_fmt and impl == picked_impl
+            rows.append(
+                row("train step", f"{format_name(fmt)}, {impl}", s, 2 * macs * bs * (1 + BACKWARD_COST), picked)
+            )
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    for impl, kw in IMPLS.items():  # the optimizer step alone, gradients set
+        s = seconds_per_call(optimizer(v, model, kw).step, device, 2, repeats)
+        rows.append(
+            {**base, "pass": f"{tc.optimizer} step", "choice": impl, "ms": 1000 * s, "picked": impl == picked_impl}
+        )
+    return rows
+
+
+# torch's optimizer implementations, as its constructors are told them
+IMPLS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+# per pass, what torch does when told nothing: the reference the picked choice is measured against
+TORCH_DEFAULT = {"forward": "contiguous", "train step": "contiguous, for-loop", "step": "for-loop"}
+
+
+def network(v: Variant, fmt: torch.memory_format, device: torch.device) -> torch.nn.Module:
+    """`v`'s whole network, every stage trainable, in `fmt`, the same weights each time."""
+    torch.manual_seed(0)
+    return to_format(build_model(v.config.model.model_copy(update={"freeze": "none"}), 10).to(device), fmt)
+
+
+def optimizer(v: Variant, model: torch.nn.Module, impl: dict) -> torch.optim.Optimizer:
+    """`v`'s optimizer over all of `model`'s parameters, in the implementation `impl` names."""
+    tc = v.config.train
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[tc.optimizer]
+    extra = {"momentum": tc.momentum} if tc.optimizer == "sgd" else {}
+    return cls(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **extra, **impl)
+
+
+def forward_seconds(model, x, device, dtype, repeats: int) -> float:
+    """One forward pass in eval mode without gradients: the frozen-feature pass and evaluation."""
+    model.eval()
+
+    def forward():
+        with torch.no_grad(), autocast(device, dtype):
+            model(x)
+
+    return seconds_per_call(forward, device, 2, repeats)
+
+
+def step_seconds(model, x, impl: dict, v: Variant, device, dtype, repeats: int) -> float:
+    """One training step: forward, backward, the optimizer's step in implementation `impl`."""
+    model.train()
+    opt = optimizer(v, model, impl)
+    y = torch.randint(0, 10, (len(x),), device=device)
+
+    def step():
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return seconds_per_call(step, device, 2, repeats)
+
+
+def kernels_table(variants: list[Variant], device: torch.device, peak: float) -> pd.DataFrame:
+    """kernel_rows for one seed of each variant."""
+    seen, rows = set(), []
+    for v in variants:
+        if v.name not in seen:
+            seen.add(v.name)
+            rows += kernel_rows(v, device, peak)
+    return pd.DataFrame(rows)
+
+
+def speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and pass: the picked choice's speed over torch's default, over the slowest choice and over the
+    fastest (1.0 when the rule picks the fastest)."""
+    out = []
+    for (variant, what), g in table.groupby(["variant", "pass"], sort=False):
+        picked = g[g.picked].ms.iloc[0]
+        default = g[g.choice == TORCH_DEFAULT.get(what, TORCH_DEFAULT["step"])].ms.iloc[0]
+        out.append(
+            {
+                "variant": variant,
+                "pass": what,
+                "picked": g[g.picked].choice.iloc[0],
+                "picked_over_default": default / picked,
+                "picked_over_slowest": g.ms.max() / picked,
+                "picked_over_fastest": g.ms.min() / picked,
+            }
+        )
+    return pd.DataFrame(out)
