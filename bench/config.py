@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from bench import pretrained
 from bench.util import did_you_mean
 
 # A ResNet's stages in forward order; `freeze: stem-layerN` freezes the stem through layerN.
@@ -195,11 +196,12 @@ class ModelConfig(Strict):
                     f"model.weights '{self.weights}' need a torchvision arch ({', '.join(TORCHVISION_ARCHS)}); "
                     f"for {self.arch} use timm:{name}[.<tag>], file:<path> or none"
                 )
-            torchvision_weights(self.arch, tag)
+            known = pretrained.torchvision_weights(self.arch)
+            if tag not in known["urls"]:
+                allowed = ", ".join(f"torchvision:{t}" for t in known["urls"])
+                raise ValueError(f"{known['enum']} has no {tag}; {self.arch} takes model.weights {allowed}")
         elif kind == "timm":
-            import timm
-
-            tags = timm.list_pretrained(f"{name}.*")
+            tags = pretrained.timm_tags(name)["tags"]
             if tag.partition(".")[0] != name or not tags or ("." in tag and tag not in tags):
                 raise ValueError(
                     f"model.weights '{self.weights}' are not timm pretrained weights of {self.arch}; "
@@ -239,15 +241,21 @@ def frozen_stages(freeze: str, names=STAGES, arch: str = "resnet50") -> list[str
     return names[: n + 1]
 
 
-def torchvision_weights(arch: str, tag: str):
-    """The torchvision weight enum member `tag` of a ResNet; ValueError naming the tags it has."""
-    import torchvision
+def features_cacheable(cfg: RunConfig) -> bool:
+    """A frozen backbone without random augmentation: its pooled features are computed once (training.features)."""
+    return cfg.model.freeze == "backbone" and cfg.input.augment == "none"
 
-    enum = torchvision.models.get_model_weights(arch)
-    if tag not in enum.__members__ or tag == "DEFAULT":
-        allowed = ", ".join(f"torchvision:{t}" for t in enum.__members__ if t != "DEFAULT")
-        raise ValueError(f"{enum.__name__} has no {tag}; {arch} takes model.weights {allowed}")
-    return enum[tag]
+
+def prefix_cacheable(cfg: RunConfig) -> bool:
+    """Frozen first stages, no augmentation, the lab's head, no gradual unfreezing: the frozen stages' outputs are
+    computed once and only the rest trains (training.prefix)."""
+    tc = cfg.train
+    return (
+        cfg.model.freeze.startswith("stem")
+        and cfg.input.augment == "none"
+        and cfg.model.head.kind == "mlp"
+        and tc.unfreeze_after is None
+    )
 
 
 class TrainConfig(Strict):

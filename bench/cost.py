@@ -12,15 +12,10 @@ from __future__ import annotations
 import functools
 import json
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from bench import models
-from bench.config import RunConfig
+from bench.config import RunConfig, features_cacheable, frozen_stages, prefix_cacheable
 from bench.data.catalog import OFFICIAL
-from bench.infra.files import atomic_write, cache_root
+from bench.infra.files import atomic_write, cache_root, read_memo
 from bench.infra.hashing import library_versions
-from bench.training import features, prefix
 
 # (training images, validation images or None: carved from training, test images) per data.source
 SIZES = {
@@ -36,8 +31,13 @@ def stage_macs(arch: str, resolution: int) -> dict[str, float]:
     ('stem', 'layer1'.. or 'stage1'.., 'tail')}; what no stage holds (pooling) is in the total only."""
     key = f"{arch}@{resolution} " + " ".join(f"{name} {version}" for name, version in library_versions().items())
     path = cache_root() / "flops.json"
-    if key in (memo := _read(path)):
+    if key in (memo := read_memo(path)):
         return memo[key]
+    import torch  # only to count: a remembered count needs no torch (bench list stays light)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench import models
+
     with torch.device("meta"):
         net = models.build_backbone("none", arch).eval()
         x = torch.zeros(1, 3, resolution, resolution)
@@ -50,17 +50,10 @@ def stage_macs(arch: str, resolution: int) -> dict[str, float]:
     for stage, params in models.stages(net).items():
         mods = models.whole_modules(net, set(params))
         out[stage] = sum(sum(per_module.get(f"{root}.{m}", {}).values()) for m in mods) / 2
-    memo = _read(path)  # another process may have added entries meanwhile
+    memo = read_memo(path)  # another process may have added entries meanwhile
     memo[key] = out
     atomic_write(path, json.dumps(memo, indent=1))
     return out
-
-
-def _read(path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def trainable_share(arch: str, resolution: int, freeze: str) -> float:
@@ -69,7 +62,7 @@ def trainable_share(arch: str, resolution: int, freeze: str) -> float:
         return 0.0
     macs = stage_macs(arch, resolution)
     names = [s for s in macs if s not in ("total", "tail")]
-    return 1 - sum(macs[s] for s in models.frozen_stages(freeze, names, arch)) / macs["total"]
+    return 1 - sum(macs[s] for s in frozen_stages(freeze, names, arch)) / macs["total"]
 
 
 def estimate_tflops(cfg: RunConfig) -> float:
@@ -83,10 +76,10 @@ def estimate_tflops(cfg: RunConfig) -> float:
     n_train = min(n_train, n_all)
     n_test = min(cfg.data.limit_test or n_test, n_test)
     fwd = stage_macs(cfg.model.arch, cfg.input.resolution)["total"] / 1e12
-    if features.cacheable(cfg) or cfg.model.head.kind != "mlp":
+    if features_cacheable(cfg) or cfg.model.head.kind != "mlp":
         return fwd * (n_train + n_val + n_test)
     share = trainable_share(cfg.model.arch, cfg.input.resolution, cfg.model.freeze)
-    if prefix.cacheable(cfg) and "resnet" in cfg.model.arch:  # the frozen prefix runs once (bench.training.prefix)
+    if prefix_cacheable(cfg) and "resnet" in cfg.model.arch:  # the frozen prefix runs once (training.prefix)
         once = fwd * (1 - share) * (n_train + n_val + n_test)
         return once + (n_train * fwd * 3 * share + n_val * fwd * share) * cfg.train.epochs + n_test * fwd * share
     per_epoch = n_train * fwd * (1 + 2 * share) + n_val * fwd

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
+import torchvision
 from torch import nn
 
 from bench import cifar_nets
@@ -33,17 +32,13 @@ from bench.config import (
     WeightsSpec,
     frozen_stages,
     static_stage_names,
-    torchvision_weights,
 )
+from bench.pretrained import WeightsError, hub_file
 
 # timm's own grouping of its ResNets (group_matcher), applied to torchvision's, which have none:
 # coarse (stages, for freezing) and fine (blocks, for layer-wise learning-rate decay)
 RESNET_GROUPS = {"stem": r"^conv1|^bn1|^maxpool", "blocks": r"^layer(\d+)"}
 RESNET_BLOCKS = {"stem": r"^conv1|^bn1|^maxpool", "blocks": r"^layer(\d+)\.(\d+)"}
-
-
-class WeightsError(Exception):
-    """Pretrained weights that cannot be had: which file, where the cache looks, how to pass one."""
 
 
 class Classifier(nn.Module):
@@ -82,6 +77,15 @@ def _torchvision_enum(arch: str, tag: str):
 
 
 # ---- building ----------------------------------------------------------------------------------
+
+
+def torchvision_weights(arch: str, tag: str):
+    """The torchvision weight enum member `tag` of a ResNet; ValueError naming the tags it has."""
+    enum = torchvision.models.get_model_weights(arch)
+    if tag not in enum.__members__ or tag == "DEFAULT":
+        allowed = ", ".join(f"torchvision:{t}" for t in enum.__members__ if t != "DEFAULT")
+        raise ValueError(f"{enum.__name__} has no {tag}; {arch} takes model.weights {allowed}")
+    return enum[tag]
 
 
 def build_backbone(weights: str, arch: str = "resnet50") -> nn.Module:
@@ -260,11 +264,6 @@ def input_stats(arch: str, weights: str) -> tuple[tuple[float, ...], tuple[float
 
 
 # ---- weights files -----------------------------------------------------------------------------
-
-
-def hub_file(url: str) -> Path:
-    """Where torch.hub looks for (and downloads) a checkpoint URL."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
 def _label(arch: str) -> str:

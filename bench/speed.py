@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import data as data_mod
+from bench.config import features_cacheable
 from bench.kernels import BACKWARD_COST, matmul_gflops, speedups
 from bench.models import build_model
 from bench.study import Target, Variant
@@ -175,7 +176,7 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
         row["gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
     if cfg.train.compile:  # what the first epoch took beyond a warm one: compiling
         row["compile_s"] = h.seconds.iloc[0] - h.seconds.iloc[1:].mean()
-    if features.cacheable(cfg):
+    if features_cacheable(cfg):
         # a twin on the same features, then the backbone every epoch
         _, row["cached_again_s"] = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache), device)
         _, row["uncached_s"] = timed(lambda: train.fit(cfg, ds, device, feature_cache=False, progress=progress), device)

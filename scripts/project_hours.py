@@ -26,9 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench import cost
-from bench.config import CIFAR_ARCHS, RunConfig
+from bench.config import CIFAR_ARCHS, RunConfig, features_cacheable
 from bench.study import load_study_file
-from bench.training import features
 
 
 def rates(speed: pd.DataFrame) -> tuple[float, float]:
@@ -69,7 +68,7 @@ def project(study: str, forward: float, training: float, cifar: float | None) ->
     rows = []
     for v in load_study_file(study).variants:
         work = cost.estimate_tflops(v.config) * 1e12
-        once = features.cacheable(v.config) or v.config.model.head.kind != "mlp"
+        once = features_cacheable(v.config) or v.config.model.head.kind != "mlp"
         rate = cifar if v.config.model.arch in CIFAR_ARCHS and cifar else forward if once else training
         rows.append({"variant": v.name, "seed": v.seed, "hours": work / rate / 3600})
     return pd.DataFrame(rows)

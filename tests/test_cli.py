@@ -96,3 +96,16 @@ def test_listing_a_study_reads_no_report_or_training_modules(tmp_path):
         "bench.infra.trackers",
     }
     assert not modules & unneeded, sorted(modules & unneeded)
+
+
+def test_listing_again_imports_no_torch_and_shows_the_same(tmp_path, monkeypatch):
+    """The first `bench list` reads the libraries' weight tables, published checksums and FLOP counts (torch,
+    torchvision, timm); they are remembered per library version, so listing again imports none of them."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    args = "-m " + json.dumps(["list", "ablations.yaml", "--results", str(tmp_path / "r")])
+    _, first = imported(tmp_path, args)
+    modules, again = imported(tmp_path, args)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert "resnet50-cifar10: " in again.stdout and again.stdout == first.stdout  # the same ids, costs and states
+    training = {"torch", "torchvision", "timm"}
+    assert not modules & training, f"bench list imported {sorted(modules & training)} the second time"

@@ -6,7 +6,8 @@ from pydantic import ValidationError
 
 from bench import cost, data, models
 from bench.config import ConfigError, InputConfig, ModelConfig, RunConfig, WeightsSpec
-from bench.models import WeightsError, build_backbone, build_model, frozen_stages, hub_file
+from bench.models import build_backbone, build_model, frozen_stages
+from bench.pretrained import WeightsError, hub_file
 from bench.study import load_study_file
 from bench.training import loop as train
 from bench.training.transforms import BatchTransform
@@ -248,7 +249,9 @@ def test_flops_per_arch_and_stage_from_torchs_flop_counter(monkeypatch):
     assert vit["total"] < cost.stage_macs(VIT, 224)["total"] / 20  # 4 patches instead of 196
     assert cost.trainable_share(VIT, 32, "stem-stage11") == pytest.approx(vit["stage12"] / vit["total"])
     cost.stage_macs.cache_clear()  # from disk now: the counter must not run again
-    monkeypatch.setattr(cost, "FlopCounterMode", None)
+    import torch.utils.flop_counter
+
+    monkeypatch.setattr(torch.utils.flop_counter, "FlopCounterMode", None)
     assert cost.stage_macs("resnet50", 224)["layer4"] / 1e9 == pytest.approx(0.809, abs=0.001)
     frozen, probe = RunConfig(), RunConfig(model={"head": {"kind": "logreg"}})
     assert cost.estimate_tflops(probe) == cost.estimate_tflops(frozen) == pytest.approx(4.089e-3 * 60_000, rel=1e-3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import data
-from bench.config import RunConfig
+from bench.config import RunConfig, prefix_cacheable
 from bench.training import loop as train
 from bench.training import prefix
 from tests.helpers import TINY
@@ -57,11 +57,11 @@ def test_the_prefix_path_trains_the_same_network_as_the_full_path(tmp_path, arch
 def test_networks_it_cannot_split_and_settings_it_cannot_use_train_the_full_path(tmp_path):
     convnext = config("timm:test_convnext", "stem-stage2", epochs=1)
     assert train.fit(convnext, data.load(convnext.data), CPU, cache_dir=tmp_path).feature_cache == "off"
-    assert not prefix.cacheable(
+    assert not prefix_cacheable(
         config(epochs=1).model_copy(update={"input": config().input.model_copy(update={"augment": "flip-crop"})})
     )
-    assert not prefix.cacheable(config(freeze="none", epochs=2, unfreeze_after=1))
-    assert not prefix.cacheable(config(freeze="stem-layer3", epochs=2, unfreeze_after=1))
+    assert not prefix_cacheable(config(freeze="none", epochs=2, unfreeze_after=1))
+    assert not prefix_cacheable(config(freeze="stem-layer3", epochs=2, unfreeze_after=1))
 
 
 def test_a_prefix_too_large_for_memory_is_not_cached_and_the_run_says_why(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from bench.cli.commands import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
 BAD_INPUT = {
     "bench.config": "ConfigError",
     "bench.api": "UsageError",
-    "bench.models": "WeightsError",
+    "bench.pretrained": "WeightsError",
     "bench.report.runs": "ReportError",
     "bench.infra.launch": "LaunchError",
     "bench.infra.files": "NotWritable",

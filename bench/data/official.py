@@ -29,7 +29,7 @@ from bench.data import DataError, Raw
 from bench.data.catalog import OFFICIAL, Official
 from bench.data.folder import decoded, square, to_rgb8, tree_sha256
 from bench.infra.files import cache_root
-from bench.training.device import available_memory
+from bench.infra.hashing import library_fact
 
 
 def root(cfg: DataConfig) -> Path:
@@ -64,14 +64,8 @@ def fingerprint(cfg: DataConfig) -> str:
     The others (the reader checks only that folders exist): the files' own content, hashed once per
     content (bench.data.folder.tree_sha256); never downloads (`fetch` does, for `bench run`)."""
     spec = OFFICIAL[cfg.source]
-    cls = reader_class(spec)
     if spec.verified:
-        if hasattr(cls, "split_list"):  # SVHN
-            sums = [cls.split_list[s][2] for s in ("train", "test")]
-        else:
-            sums = [md5 for _, md5 in cls.train_list + cls.test_list] + (
-                [cls.meta["md5"]] if hasattr(cls, "meta") else []
-            )
+        sums = library_fact("torchvision", f"md5s {spec.reader}", lambda: published_md5s(spec))
         return f"{cfg.source}:" + hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
     folder = root(cfg) / spec.folder
     if not folder.is_dir():
@@ -80,6 +74,14 @@ def fingerprint(cfg: DataConfig) -> str:
             f"true and there is a network; or download it from {spec.url} and extract it there"
         )
     return f"{cfg.source}:" + tree_sha256(folder)[:16]
+
+
+def published_md5s(spec: Official) -> list[str]:
+    """The md5 sums torchvision's reader checks every file of a verified set against."""
+    cls = reader_class(spec)
+    if hasattr(cls, "split_list"):  # SVHN
+        return [cls.split_list[s][2] for s in ("train", "test")]
+    return [md5 for _, md5 in cls.train_list + cls.test_list] + ([cls.meta["md5"]] if hasattr(cls, "meta") else [])
 
 
 def fetch(cfg: DataConfig) -> None:
@@ -98,7 +100,10 @@ def check_memory(cfg: DataConfig, available: int | None = None) -> int:
     if spec is None or side is None:
         return 0
     need = spec.images * 3 * side * side
-    available = available_memory() if available is None else available
+    if available is None:
+        from bench.training.device import available_memory  # torch: only when a set is read
+
+        available = available_memory()
     if available and need > 0.8 * available:
         raise DataError(
             f"{spec.title} at {side} px needs {need / 2**30:.1f} GiB in memory ({spec.images:,} images x 3 x "

@@ -114,6 +114,15 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def read_memo(path: Path) -> dict:
+    """A JSON memo file (flops.json, pretrained.json): {} when it is missing or unreadable, so it is rebuilt."""
+    try:
+        memo = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

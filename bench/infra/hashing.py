@@ -7,14 +7,16 @@ inode) in `<cache>/fingerprints.json`, so 60,000 images are not re-read on every
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import json
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from bench.infra.files import atomic_write, cache_root, try_lock
+from bench.infra.files import atomic_write, cache_root, read_memo, try_lock
 
 CHUNK = 1 << 20
 
@@ -73,10 +75,40 @@ LIBRARIES = ("torch", "torchvision", "timm")  # the libraries whose code compute
 
 @cache
 def library_versions() -> dict[str, str]:
-    """{library: version} of LIBRARIES. The modules' own __version__: torch's names its build ('2.5.1+cu124'),
-    which its package metadata lacks; timm's is read from its metadata, the same string, without importing it
-    (seconds)."""
-    return {
-        name: metadata.version(name) if name == "timm" else importlib.import_module(name).__version__
-        for name in LIBRARIES
-    }
+    """{library: version} of LIBRARIES: the modules' own __version__, which for torch and torchvision names the
+    build ('2.5.1+cu124', where the package metadata says '2.5.1'), read from their version.py as text (parsed,
+    never run) so that no library is imported (seconds); timm's metadata holds its __version__ string."""
+    out = {}
+    for name in LIBRARIES:
+        spec = importlib.util.find_spec(name)  # finds the package without importing it
+        found = _assigned(Path(spec.origin).parent / "version.py", "__version__") if spec and spec.origin else None
+        out[name] = found or (metadata.version(name) if name == "timm" else importlib.import_module(name).__version__)
+    return out
+
+
+def _assigned(path: Path, name: str) -> str | None:
+    """The string literal a module file assigns to `name` at its top level, or None."""
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                return node.value.value
+    return None
+
+
+def library_fact(library: str, entry: str, read):
+    """A fact about one of LIBRARIES that takes importing it to read (its weight enums, a reader's published
+    checksums): from <cache>/library-facts.json when this version of the library has it, else `read()` now and
+    remembered. Plain JSON keyed by the library and its version, so an upgrade reads every fact anew."""
+    path = cache_root() / "library-facts.json"
+    key = f"{library} {library_versions()[library]}"
+    found = read_memo(path).get(key, {}).get(entry)
+    if found is None:
+        found = read()
+        memo = read_memo(path)  # another process may have added entries meanwhile
+        memo.setdefault(key, {})[entry] = found
+        atomic_write(path, json.dumps(memo, indent=1, sort_keys=True))
+    return found

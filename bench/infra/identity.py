@@ -13,10 +13,10 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.infra.hashing import bench_version, file_sha256, library_versions
+from bench.pretrained import weights_file
 
 if TYPE_CHECKING:  # annotations only
     from bench.config import ModelConfig, RunConfig
@@ -29,30 +29,6 @@ class Fingerprints:
 
 
 # ---- fingerprints -----------------------------------------------------------------------------
-
-
-def weights_file(model: ModelConfig) -> Path | None:
-    """The file a model's weights load from (it may not exist yet); None for random init."""
-    kind, tag = model.weights_spec.kind, model.weights_spec.tag
-    if kind == "file":
-        return Path(tag)
-    if kind == "torchvision":
-        import torchvision
-
-        from bench.models import hub_file
-
-        return hub_file(torchvision.models.get_model_weights(model.arch)[tag].url)
-    if kind == "timm":
-        import timm
-        from huggingface_hub import try_to_load_from_cache
-
-        hub_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
-        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-            found = try_to_load_from_cache(hub_id, name)
-            if isinstance(found, str):
-                return Path(found)
-        return None
-    return None
 
 
 def weights_fingerprint(model: ModelConfig) -> str | None:
@@ -129,7 +105,7 @@ def resolve(variants: list, strict: bool = True) -> tuple[list, dict[str, str]]:
     loaded through their library, which downloads them when it can), as `bench run` needs.
     """
     from bench.data import DataError
-    from bench.models import WeightsError, build_backbone
+    from bench.pretrained import WeightsError
 
     memo: dict = {}
     out, missing = [], {}
@@ -143,9 +119,9 @@ def resolve(variants: list, strict: bool = True) -> tuple[list, dict[str, str]]:
                     official.fetch(v.config.data)  # a download where allowed, as for the weights below
                 fp = fingerprints(v.config)
                 if fp is None and strict:
-                    build_backbone(
-                        v.config.model.weights, v.config.model.arch
-                    )  # the library's own error, or a download
+                    from bench.models import build_backbone
+
+                    build_backbone(v.config.model.weights, v.config.model.arch)  # the library's error, or a download
                     fp = fingerprints(v.config)
                 where = weights_file(v.config.model) or "the Hugging Face cache"
                 memo[key] = fp or f"weights {v.config.model.weights} not here (looked in {where})"

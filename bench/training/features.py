@@ -25,10 +25,6 @@ from bench.training.device import EvalBatch, autocast, release_memory
 from bench.training.transforms import BatchTransform
 
 
-def cacheable(cfg: RunConfig) -> bool:
-    return cfg.model.freeze == "backbone" and cfg.input.augment == "none"
-
-
 def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None, prefix: bool = False) -> str:
     """The features' identity: the images' content and split, the weights' content, the input
     pipeline, the precision; never a path, so moved data or weights still hit and changed ones never do."""

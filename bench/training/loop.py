@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.config import RunConfig, TrainConfig
+from bench.config import RunConfig, TrainConfig, features_cacheable, prefix_cacheable
 from bench.data import Dataset, cache_root
 from bench.infra.files import atomic_save
 from bench.infra.record import HistoryRow
@@ -315,10 +315,10 @@ def _what_trains(run: FitContext, feature_cache: bool, cache_dir: Path) -> Train
     """The head on backbone features computed once (frozen backbone, deterministic inputs), the trainable
     stages on frozen-prefix outputs computed once (bench.training.prefix), or the whole network on the images."""
     cfg, model, data, device, dtype, eval_bs = run.cfg, run.model, run.data, run.device, run.dtype, run.eval_bs
-    if feature_cache and features.cacheable(cfg):
+    if feature_cache and features_cacheable(cfg):
         feats, hit = features.split_features(model.backbone, data, cfg, device, dtype, eval_bs, cache_dir, run.progress)
         return Trainee(model.head, feats, None, None, FeatureCache.HIT if hit else FeatureCache.COMPUTED)
-    parts = prefix.split(model, cfg) if feature_cache and prefix.cacheable(cfg) else None
+    parts = prefix.split(model, cfg) if feature_cache and prefix_cacheable(cfg) else None
     refused = None
     if parts:
         per_image, value_bytes, peak = prefix.probe(parts[0], cfg.input.resolution, device, dtype)

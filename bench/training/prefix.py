@@ -49,16 +49,6 @@ class Rest(nn.Module):
         return self.head(self.backbone(x.float()))
 
 
-def cacheable(cfg: RunConfig) -> bool:
-    tc = cfg.train
-    return (
-        cfg.model.freeze.startswith("stem")
-        and cfg.input.augment == "none"
-        and cfg.model.head.kind == "mlp"
-        and tc.unfreeze_after is None
-    )
-
-
 def split(model: models.Classifier, cfg: RunConfig) -> tuple[nn.Module, Rest] | None:
     """(frozen prefix, the rest) of a ResNet classifier, sharing its modules; None for other networks."""
     b = model.backbone
