@@ -76,7 +76,7 @@ def test_folder_errors_name_the_path_and_the_fix(tmp_path):
         data.load(DataConfig(source="folder", path=str(root), val_size=3))
     assert not list((data.cache_root() / "decoded").glob("*.tmp*"))  # nothing half-written
     (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b truncated")
-    with pytest.raises(data.DataError, match=r"cannot extract .*broken.tar.gz"):
+    with pytest.raises(data.DataError, match=r"cannot read .*broken.tar.gz as a .tar.gz"):
         data.load(DataConfig(source="folder", path=str(tmp_path / "broken.tar.gz")))
     with pytest.raises(data.DataError, match=r"val_size=100 leaves too few training images"):
         data.load(DataConfig(source="folder", path=str(make_folder(tmp_path / "small")), val_size=100))
@@ -151,3 +151,49 @@ def test_batch_transform_resizes_and_normalizes():
     assert policy(torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)).shape == (5, 3, 16, 16)
     evaluation = BatchTransform(InputConfig(resolution=16, augment="flip-crop"), train=False)
     assert evaluation.augment == "none"  # evaluation never augments
+
+
+def test_a_tar_gz_read_in_place_gives_the_tree_s_images_and_decodes_only_those_used(tmp_path, monkeypatch):
+    """The archive is never extracted; its members are listed in the tree's order (nested folders, upper-case
+    extensions, hidden files skipped), so every split holds the same images as the extracted tree, and a study
+    that uses a few of them decodes those few."""
+    from bench.data import folder
+    from tests.test_identity import image_folder
+
+    root = image_folder(tmp_path / "tree" / "cifar", n=30)
+    for sub in ("b", "a", "a/z"):  # nested folders sort as torchvision's ImageFolder sorts them
+        (root / "train" / "dog" / sub).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), len(sub), np.uint8)).save(root / "train" / "dog" / sub / "0.PNG")
+    (root / "train" / "cat" / ".hidden.png").write_bytes(b"not an image")  # skipped by both
+    (root / "train" / "notes.txt").write_text("not a class")
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="cifar")
+    decoded = []
+    real = folder.decode_images
+    monkeypatch.setattr(folder, "decode_images", lambda p, refs, side: decoded.append(refs) or real(p, refs, side))
+    for kw in ({}, {"limit_train": 10, "limit_test": 10}):
+        cfg = {"source": "folder", "val_size": 6, **kw}
+        a = data.load(DataConfig(path=str(root), **cfg))
+        b = data.load(DataConfig(path=str(archive), **cfg))
+        for split in ("train", "val", "test"):
+            assert torch.equal(getattr(a, split).x, getattr(b, split).x), (kw, split)
+            assert torch.equal(getattr(a, split).y, getattr(b, split).y), (kw, split)
+        assert a.classes == b.classes == ["cat", "dog", "frog"]
+    assert not (data.cache_root() / "extracted").exists()
+    full, subset = decoded[1], decoded[3]  # the archive's decodes: the whole set, then only what the study uses
+    assert len(full["train"]) == 93 and len(full["test"]) == 12
+    assert len(subset["train"]) == 10 + 6 and len(subset["test"]) == 10  # training and validation images, test
+    assert all(name.startswith("cifar/") for name in subset["train"])
+
+
+def test_links_in_a_tar_gz_are_refused_by_name(tmp_path):
+    from tests.test_identity import image_folder
+
+    root = image_folder(tmp_path / "tree")
+    (root / "train" / "cat" / "link.png").symlink_to(root / "train" / "dog" / "000.png")
+    archive = tmp_path / "linked.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tree")
+    with pytest.raises(data.DataError, match=r"linked.tar.gz: tree/train/cat/link.png is a link \(to .*\).*re-pack"):
+        data.load(DataConfig(source="folder", path=str(archive), val_size=6))

@@ -285,7 +285,7 @@ def test_interrupts_say_what_they_interrupted(write_study, tmp_path, capsys, mon
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("bench.data.folder._decode_tree", interrupted)
+    monkeypatch.setattr("bench.data.folder.samples", interrupted)  # listing the images: every load
     assert main(["run", str(path), "--results", str(tmp_path / "results")]) == 130
     assert "interrupted while checking the data and weights: nothing was trained" in capsys.readouterr().err
     monkeypatch.undo()

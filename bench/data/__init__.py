@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,14 +44,17 @@ class Split:
 
 @dataclass
 class Raw:
-    """A source's images before splitting: (N, H, W, 3) uint8 arrays with int labels; `val` only where
-    the set has an official validation split (otherwise data.val_size images are carved from train)."""
+    """A source's images before splitting: (N, H, W, 3) uint8 arrays (or what `fetch` fills) with int labels;
+    `val` only where the set has an official validation split (otherwise data.val_size images are carved from
+    train)."""
 
     train: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     classes: list[str]
     description: str
     val: tuple[np.ndarray, np.ndarray] | None = None
+    # sources that decode lazily (image folders): given {split: indices}, decode those, so that x[idx] works
+    fetch: Callable[[dict[str, np.ndarray]], None] | None = None
 
 
 @dataclass
@@ -123,6 +127,9 @@ def load(cfg: DataConfig) -> Dataset:
     n_train = cfg.limit_train if cfg.train_fraction is None else round(cfg.train_fraction * len(idx_train))
     idx_train = nested_subset(idx_train, y_train, n_train, cfg.split_seed)
     idx_test = nested_subset(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
+    if raw.fetch:  # decoded now, and only the images the splits use (a 3,000-image study of 60,000 reads 3,000)
+        used = np.concatenate([idx_train, idx_val]) if raw.val is None else idx_train
+        raw.fetch({"train": np.sort(used), "test": np.sort(idx_test)})
 
     def split(x, y, idx):
         idx = np.sort(idx)

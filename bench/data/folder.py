@@ -9,11 +9,9 @@ and 32-bit images are scaled to 8 bits (never clipped); non-image files are igno
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import shutil
 import stat
-import tarfile
-import tempfile
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DataError
-from bench.infra.files import atomic_save, cache_root, temp_prefix
+from bench.data import DataError, Raw, archive
+from bench.infra.files import atomic_save, cache_root
 from bench.infra.hashing import bench_version, remembered, stat_key
 
 # The most pixels one image may have: Pillow's own warning threshold (about 89 million, 0.27 GB as RGB), far
@@ -30,26 +28,73 @@ from bench.infra.hashing import bench_version, remembered, stat_key
 MAX_PIXELS = 89_478_485
 
 
-def read_folder(path: Path, content: str, side: int | None = None):
-    """`side`: data.image_size, every image resized and centre-cropped to side x side (None: as they are)."""
-    root = _extracted(path, content)
-    for part in ("train", "test"):
-        if not (root / part).is_dir():
+def read_folder(path: Path, content: str, side: int | None = None) -> Raw:
+    """An image-folder tree or its .tar.gz (read in place, archive.py): labels now, pixels when `fetch` is told
+    which images the study uses. `side`: data.image_size, every image resized and centre-cropped to side x side
+    (None: as they are)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if path.is_dir():
+        listings = {part: samples(_split_dir(path, part)) for part in archive.SPLITS}
+    else:
+        listings = archive.listing(path, skipped, IMG_EXTENSIONS)
+    for part, (classes, _) in listings.items():
+        if len(classes) < 2:
             raise DataError(
-                f"{root} has no {part}/ folder: data.source 'folder' needs "
-                f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+                f"{path} {part}/ has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+                "a classifier needs at least 2"
             )
+    classes, test_classes = listings["train"][0], listings["test"][0]
+    if classes != test_classes:
+        raise DataError(f"{path}: train/ and test/ have different class folders ({classes} vs {test_classes})")
+    labels = {part: np.array([t for _, t in found], dtype=np.int64) for part, (_, found) in listings.items()}
+    pending = {part: Pending(len(y)) for part, y in labels.items()}
 
-    def decode_tree() -> tuple[dict, list[str]]:
-        (x_tr, y_tr, classes), (x_te, y_te, test_classes) = (_decode_tree(root / p, side) for p in ("train", "test"))
-        if classes != test_classes:
-            raise DataError(f"{root}: train/ and test/ have different class folders ({classes} vs {test_classes})")
-        if x_tr.shape[1:] != x_te.shape[1:]:
-            raise DataError(f"{root}: train/ images are {x_tr.shape[1:3]} px but test/ images {x_te.shape[1:3]}")
-        return {"train": (x_tr, y_tr), "test": (x_te, y_te)}, classes
+    def fetch(needed: dict[str, np.ndarray]) -> None:
+        total = sum(len(y) for y in labels.values())
+        if 2 * sum(len(v) for v in needed.values()) >= total:  # most of the set: all of it, one cache for all studies
+            want, key = {part: np.arange(len(y)) for part, y in labels.items()}, content
+        else:
+            want = {part: np.unique(needed[part]) for part in labels}
+            digest = hashlib.sha256(b"".join(want[p].astype(np.int64).tobytes() + b"|" for p in labels)).hexdigest()
+            key = f"{content}-subset-{digest[:12]}"
 
-    arrays, classes = decoded(content, side, decode_tree)
-    return arrays["train"], arrays["test"], classes, f"image folder {path}"
+        def decode() -> tuple[dict, list[str]]:
+            refs = {part: [listings[part][1][i][0] for i in want[part]] for part in labels}
+            images = decode_images(path, refs, side)
+            return {part: (images[part], labels[part][want[part]]) for part in labels}, classes
+
+        arrays, _ = decoded(key, side, decode)
+        for part in labels:
+            pending[part].index, pending[part].images = want[part], arrays[part][0]
+
+    train, test = ((pending[p], labels[p]) for p in archive.SPLITS)
+    return Raw(train, test, classes, f"image folder {path}", fetch=fetch)
+
+
+class Pending:
+    """One split's images before they are decoded: `fetch` decodes those a study uses, then x[idx] gives them."""
+
+    def __init__(self, n: int):
+        self.n, self.index, self.images = n, None, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.index, idx) if self.index is not None else None
+        if pos is None or not np.array_equal(self.index[np.minimum(pos, len(self.index) - 1)], idx):
+            raise IndexError("images asked for that were not fetched (bench.data.load fetches what it splits)")
+        return self.images[pos]
+
+
+def _split_dir(root: Path, part: str) -> Path:
+    if not (root / part).is_dir():
+        raise DataError(
+            f"{root} has no {part}/ folder: data.source 'folder' needs "
+            f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+        )
+    return root / part
 
 
 def decoded(content: str, side: int | None, decode) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -135,31 +180,6 @@ def decoder_version() -> str:
     return hashlib.sha256(f"{PIL.__version__}|{bench_version()}".encode()).hexdigest()[:8]
 
 
-def _extracted(path: Path, content: str) -> Path:
-    """A folder as is; a .tar.gz extracted once into the cache, to the single folder inside it."""
-    if path.is_dir():
-        return path
-    dest = cache_root() / "extracted" / content.replace(":", "-")
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix("extracting")))
-        try:
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(
-                f"cannot extract {path}: {e}. Is it a complete .tar.gz? Re-copy it, or point "
-                "data.path at an extracted folder"
-            ) from None
-        try:
-            os.replace(tmp, dest)  # atomic: a cut-off extraction never looks complete
-        except OSError:  # another process finished the same extraction first
-            shutil.rmtree(tmp, ignore_errors=True)
-    inner = [p for p in dest.iterdir() if p.is_dir()]
-    return inner[0] if len(inner) == 1 and not (dest / "train").exists() else dest
-
-
 def to_rgb8(im) -> np.ndarray:
     """(H, W, 3) uint8 from any PIL image: high bit depths scaled down, not clipped."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -197,39 +217,44 @@ def samples(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, out
 
 
-def _decode_tree(split_dir: Path, side: int | None):
+def decode_images(path: Path, refs: dict[str, list], side: int | None) -> dict[str, np.ndarray]:
+    """{split: (N, H, W, 3) uint8} of the listed images: files of a tree, or members of a .tar.gz read in one
+    pass; every image at one size (data.image_size makes it so), or DataError naming two that differ."""
     from PIL import Image, UnidentifiedImageError
 
-    classes, found = samples(split_dir)
-    if len(classes) < 2:
-        raise DataError(
-            f"{split_dir} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
-            "a classifier needs at least 2"
-        )
+    if path.is_dir():
+        opened = {}
+    else:
+        opened = archive.read_members(path, {name for names in refs.values() for name in names})
 
-    def decode(sample):
-        path, _ = sample
+    def decode(ref):
+        where = ref if path.is_dir() else f"{path}:{ref}"
         try:
-            with Image.open(path) as im:
+            with Image.open(ref if path.is_dir() else io.BytesIO(opened[ref])) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{im.width}x{im.height} px, {im.width * im.height:,} pixels")
                 rgb = to_rgb8(im)
             return np.asarray(square(Image.fromarray(rgb), side)) if side else rgb
         except Image.DecompressionBombError as e:  # Pillow's own, above twice the limit, says its size in its words
             raise DataError(
-                f"image {path} is too large to decode ({e}; the limit is {MAX_PIXELS:,} pixels, a guard against "
+                f"image {where} is too large to decode ({e}; the limit is {MAX_PIXELS:,} pixels, a guard against "
                 "decompression bombs): resize it, or delete it"
             ) from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot decode image {path}: {e}. Delete or replace the file") from None
+            raise DataError(f"cannot decode image {where}: {e}. Delete or replace the file") from None
 
+    flat = [ref for names in refs.values() for ref in names]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes without the GIL
-        images = list(pool.map(decode, found, chunksize=256))
+        images = list(pool.map(decode, flat, chunksize=256))
     first = images[0].shape
-    for (path, _), im in zip(found, images):
+    for ref, im in zip(flat, images):
         if im.shape != first:
             raise DataError(
-                f"image {path} is {im.shape[1]}x{im.shape[0]} px but {found[0][0]} is {first[1]}x{first[0]}; "
+                f"image {ref} is {im.shape[1]}x{im.shape[0]} px but {flat[0]} is {first[1]}x{first[0]}; "
                 "set data.image_size to store every image at one size (shorter side resized, centre-cropped)"
             )
-    return np.stack(images), np.array([t for _, t in found], dtype=np.int64), classes
+    out, start = {}, 0
+    for part, names in refs.items():
+        out[part] = np.stack(images[start : start + len(names)]) if names else np.zeros((0, *first), np.uint8)
+        start += len(names)
+    return out

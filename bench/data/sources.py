@@ -18,7 +18,7 @@ def read(cfg: DataConfig, content: str) -> Raw:
     if cfg.source == "folder":
         from bench.data.folder import read_folder
 
-        return Raw(*read_folder(Path(cfg.path), content, cfg.image_size))
+        return read_folder(Path(cfg.path), content, cfg.image_size)
     from bench.data import official
 
     return official.read(cfg, content)
