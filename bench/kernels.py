@@ -83,7 +83,7 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = 5)
         s = forward_seconds(model, x, device, dtype, repeats)
         rows.append(row("forward", format_name(fmt), s, 2 * macs * bs, fmt == picked_fmt))
         for impl in (default_impl, "fused"):
-            s = step_seconds(model, x, IMPLS[impl], v, device, dtype, repeats)
+            s = step_seconds(model, x, optimizer(v, model, IMPLS[impl]), device, dtype, repeats)
             picked = fmt == picked_fmt and impl == picked_impl
             rows.append(
                 row("train step", f"{format_name(fmt)}, {impl}", s, 2 * macs * bs * (1 + BACKWARD_COST), picked)
@@ -129,20 +129,20 @@ def forward_seconds(model, x, device, dtype, repeats: int) -> float:
     return seconds_per_call(forward, device, 2, repeats)
 
 
-def step_seconds(model, x, impl: dict, v: Variant, device, dtype, repeats: int) -> float:
-    """One training step: forward, backward, the optimizer's step in implementation `impl`."""
+def step_seconds(model, x, opt, device, dtype, repeats: int, warmup: int = 2, fwd=None) -> float:
+    """One training step: forward (through `fwd`, a compiled `model`, where given), backward, `opt`'s step."""
     model.train()
-    opt = optimizer(v, model, impl)
+    fwd = fwd or model
     y = torch.randint(0, 10, (len(x),), device=device)
 
     def step():
         with autocast(device, dtype):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(fwd(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return seconds_per_call(step, device, 2, repeats)
+    return seconds_per_call(step, device, warmup, repeats)
 
 
 def kernels_table(variants: list[Variant], device: torch.device, peak: float) -> pd.DataFrame:

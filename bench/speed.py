@@ -20,17 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from bench import data as data_mod
 from bench.config import features_cacheable
-from bench.kernels import BACKWARD_COST, matmul_gflops, speedups
+from bench.kernels import BACKWARD_COST, matmul_gflops, speedups, step_seconds, sync
 from bench.models import build_model
 from bench.study import Target, Variant
 from bench.training import features, transforms
 from bench.training import loop as train
 from bench.training.device import (
-    autocast,
     autocast_dtype,
     device_name,
     eval_batch_size,
@@ -61,11 +59,6 @@ def memory_growth(v: Variant, ds, device: torch.device, cache_dir: Path, twins: 
     return out
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device):
     sync(device)
     t0 = time.perf_counter()
@@ -75,29 +68,15 @@ def timed(fn, device):
 
 
 def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, warmup: int = 3) -> float:
-    """Images/s of forward + backward + step on random tensors already on the device."""
+    """Images/s of forward + backward + step on random tensors already on the device (the median step)."""
     cfg = v.config
     fmt = memory_format(cfg.input.resolution, device)
     model = to_format(build_model(cfg.model, 10).to(device), fmt)
-    model.train()
     opt = train.make_optimizer(cfg.train, model, device)
     fwd = torch.compile(model) if cfg.train.compile else model  # compiled as the run compiles it
-    dtype = autocast_dtype(cfg.train, device)
     bs, r = cfg.train.batch_size, cfg.input.resolution
     x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
-    y = torch.randint(0, 10, (bs,), device=device)
-
-    def step():
-        with autocast(device, dtype):
-            loss = F.cross_entropy(fwd(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    _, seconds = timed(lambda: [step() for _ in range(steps)], device)
-    return steps * bs / seconds
+    return bs / step_seconds(model, x, opt, device, autocast_dtype(cfg.train, device), steps, warmup, fwd)
 
 
 def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:

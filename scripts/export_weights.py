@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -28,23 +27,13 @@ from safetensors.torch import load_file, save_file
 from bench import data as data_mod
 from bench.config import RunConfig
 from bench.infra.files import write_json
+from bench.infra.hashing import cpu_info
 from bench.infra.identity import code_versions
 from bench.infra.record import METRICS, PREDICTIONS, RunHeader, RunMetrics
 from bench.infra.store import Store
 from bench.models import build_model
 from bench.training import transforms
 from bench.training.features import predict
-
-
-def cpu_model() -> str:
-    """lscpu's model name, from /proc/cpuinfo (the machine that re-evaluated the weights)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def trained_state(store: Store, run_id: str, checkpoint: Path | None, cfg: RunConfig) -> dict:
@@ -121,7 +110,7 @@ def main() -> None:
         "made_by": header.code,
         "exported_with": code_versions(),
         "device": metrics.device,
-        "exported_on": cpu_model(),
+        "exported_on": cpu_info()[0],
         "remake": (
             f"bench run {study.get('file') or 'STUDY.yaml'} --only {header.variant} && "
             f"python scripts/export_weights.py results {args.run_id} {args.out}"

@@ -188,13 +188,18 @@ def cmd_speed(args) -> int:
         console.err.print(f"the same {len(variants)} runs with 1 worker, then {args.workers} workers ...")
         workers = workers_speed(study, variants, args.workers, device)
     md, targets = write_speed_report(table, args.out, sys.argv[1:], study.targets, workers)
+    return print_speed(md, targets, [args.out / "speed.csv", args.out / "speed.md"])
+
+
+def print_speed(md: str, targets: list[tuple[str, str, bool]], written: list[Path]) -> int:
+    """The measured table, each target met or not, and the files written."""
     console.out.width = max(console.out.width, 200)
     console.out.print(md)
     for what, measured, ok in targets:
         console.out.print(
             f"{'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: {measured}", highlight=False, soft_wrap=True
         )
-    console.err.print(f"written: {args.out / 'speed.csv'}, {args.out / 'speed.md'}")
+    console.err.print(f"written: {', '.join(map(str, written))}")
     return EXIT_OK
 
 
@@ -208,14 +213,7 @@ def speed_kernels(args, study, variants, device) -> int:
     peak = matmul_gflops(device)
     table = kernels_table(variants, device, peak)
     md, targets = write_kernels_report(table, args.out, sys.argv[1:], device_name(device), peak, study.targets)
-    console.out.width = max(console.out.width, 200)
-    console.out.print(md)
-    for what, measured, ok in targets:
-        console.out.print(
-            f"{'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: {measured}", highlight=False, soft_wrap=True
-        )
-    console.err.print(f"written: {args.out / 'kernels.csv'}, {args.out / 'kernels.md'}")
-    return EXIT_OK
+    return print_speed(md, targets, [args.out / "kernels.csv", args.out / "kernels.md"])
 
 
 def cmd_report(args) -> int:

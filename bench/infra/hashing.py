@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import platform
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -112,3 +113,18 @@ def library_fact(library: str, entry: str, read):
         memo.setdefault(key, {})[entry] = found
         atomic_write(path, json.dumps(memo, indent=1, sort_keys=True))
     return found
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """(lscpu's model name, the instruction-set flags) from Linux's /proc/cpuinfo; the platform's processor name
+    and no flags elsewhere. Results differ between processors in their last digits, so records and benchmarks
+    name the one they ran on."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith(("flags", "Features"))), []
+    )
+    return (names[0] if names else platform.processor() or platform.machine()), flags

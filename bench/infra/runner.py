@@ -22,7 +22,7 @@ import torch
 from bench import data as data_mod
 from bench.infra import identity, record
 from bench.infra.files import atomic_save, sweep_cache
-from bench.infra.hashing import library_versions
+from bench.infra.hashing import cpu_info, library_versions
 from bench.infra.record import RunMetrics
 from bench.infra.store import NO_SPACE, Store
 from bench.models import build_backbone, describe_weights
@@ -312,17 +312,8 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx51
 
 def hardware(device: torch.device) -> dict[str, str]:
     """The processor a run's numbers came from: kernels (and so the last digits) differ between CPUs and GPUs."""
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:  # Linux: the model name and the instruction-set flags
-            info = f.read()
-        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
-        words = next(
-            (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith(("flags", "Features"))), []
-        )
-        cpu, flags = (names[0] if names else cpu), [f for f in VECTOR_FLAGS if f in words]
-    except OSError:
-        pass
+    cpu, words = cpu_info()
+    flags = [f for f in VECTOR_FLAGS if f in words]
     isa = torch.backends.cpu.get_cpu_capability() + (f" ({' '.join(flags)})" if flags else "")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     return {"cpu": cpu, "isa": isa, "gpu": gpu}
