@@ -198,17 +198,19 @@ def accuracy_vs_compute(points: pd.DataFrame, what: str, stem: Path, formats: se
                 label="ImageNet-pretrained" if pretrained else "random init",
             )
     frontier = points[points["variant"].isin(cheapest_on_validation(points))]
-    ax.step(
+    ax.step(frontier["tmacs"], frontier["acc"], where="post", color="0.5", linewidth=1, zorder=0)
+    ax.scatter(  # a ring, so that a frontier of one recipe shows too
         frontier["tmacs"],
         frontier["acc"],
-        where="post",
-        color="0.5",
-        linewidth=1,
+        s=160,
+        facecolors="none",
+        edgecolors="0.5",
         zorder=0,
-        label="best validation accuracy for the compute",
+        label="no cheaper recipe is better on validation",
     )
-    for _, p in points.iterrows():
-        ax.annotate(plain(p["variant"]), (p["tmacs"], p["acc"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    for (_, p), y in zip(points.iterrows(), label_heights(points["tmacs"], points["acc"])):
+        ax.annotate(plain(p["variant"]), (p["tmacs"], y), xytext=(6, 0), textcoords="offset points", fontsize=7,
+                    va="center")  # fmt: skip
     positive = points["tmacs"][points["tmacs"] > 0]
     if len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")
@@ -220,6 +222,22 @@ def accuracy_vs_compute(points: pd.DataFrame, what: str, stem: Path, formats: se
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save(fig, stem, formats)
+
+
+def label_heights(x: pd.Series, y: pd.Series, gap: float = 0.035) -> list[float]:
+    """Where each point's label goes: at its own height, pushed up where labels of points at nearly the same x
+    would overlap (at least `gap` of the y range apart), in the points' order."""
+    span = (y.max() - y.min()) or 1.0
+    heights = dict(zip(y.index, y))
+    placed: list[tuple[float, float]] = []
+    for i in y.sort_values().index:
+        h = heights[i]
+        for px, ph in placed:
+            if abs(px - x[i]) <= 0.02 * ((x.max() - x.min()) or 1.0) and abs(h - ph) < gap * span:
+                h = ph + gap * span
+        placed.append((x[i], h))
+        heights[i] = h
+    return [heights[i] for i in y.index]
 
 
 def layers(arch: str) -> int | None:
