@@ -51,7 +51,11 @@ def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> floa
     return 2 * n**3 / seconds_per_call(lambda: a @ b, device, 1, repeats) / 1e9
 
 
-def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = 5) -> list[dict]:
+# Each choice: one untimed call (allocations, kernel selection), then the median of REPEATS timed calls
+WARMUP, REPEATS = 1, 3
+
+
+def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = REPEATS) -> list[dict]:
     """The rows of one variant: forward and training step per memory format, the optimizer step per
     implementation; images/s, GFLOP/s and percent of `peak` (matmul GFLOP/s)."""
     cfg = v.config
@@ -80,10 +84,10 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = 5)
     for fmt in FORMATS:
         model = network(v, fmt, device)
         x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
-        s = forward_seconds(model, x, device, dtype, repeats)
+        s = forward_seconds(model, x, device, dtype, repeats, WARMUP)
         rows.append(row("forward", format_name(fmt), s, 2 * macs * bs, fmt == picked_fmt))
         for impl in (default_impl, "fused"):
-            s = step_seconds(model, x, optimizer(v, model, IMPLS[impl]), device, dtype, repeats)
+            s = step_seconds(model, x, optimizer(v, model, IMPLS[impl]), device, dtype, repeats, WARMUP)
             picked = fmt == picked_fmt and impl == picked_impl
             rows.append(
                 row("train step", f"{format_name(fmt)}, {impl}", s, 2 * macs * bs * (1 + BACKWARD_COST), picked)
@@ -91,7 +95,7 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = 5)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     for impl, kw in IMPLS.items():  # the optimizer step alone, gradients set
-        s = seconds_per_call(optimizer(v, model, kw).step, device, 2, repeats)
+        s = seconds_per_call(optimizer(v, model, kw).step, device, WARMUP + 1, repeats)  # +1: the state's first step
         rows.append(
             {**base, "pass": f"{tc.optimizer} step", "choice": impl, "ms": 1000 * s, "picked": impl == picked_impl}
         )
@@ -118,7 +122,7 @@ def optimizer(v: Variant, model: torch.nn.Module, impl: dict) -> torch.optim.Opt
     return cls(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **extra, **impl)
 
 
-def forward_seconds(model, x, device, dtype, repeats: int) -> float:
+def forward_seconds(model, x, device, dtype, repeats: int, warmup: int) -> float:
     """One forward pass in eval mode without gradients: the frozen-feature pass and evaluation."""
     model.eval()
 
@@ -126,7 +130,7 @@ def forward_seconds(model, x, device, dtype, repeats: int) -> float:
         with torch.no_grad(), autocast(device, dtype):
             model(x)
 
-    return seconds_per_call(forward, device, 2, repeats)
+    return seconds_per_call(forward, device, warmup, repeats)
 
 
 def step_seconds(model, x, opt, device, dtype, repeats: int, warmup: int = 2, fwd=None) -> float:

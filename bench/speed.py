@@ -23,7 +23,7 @@ import torch
 
 from bench import data as data_mod
 from bench.config import features_cacheable
-from bench.kernels import BACKWARD_COST, matmul_gflops, speedups, step_seconds, sync
+from bench.kernels import BACKWARD_COST, REPEATS, WARMUP, matmul_gflops, speedups, step_seconds, sync
 from bench.models import build_model
 from bench.study import Target, Variant
 from bench.training import features, transforms
@@ -284,8 +284,8 @@ def write_kernels_report(
         f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (4096 x 4096). "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
-        "Synthetic tensors, median of 5 calls after 2 warm-up calls; a training step is counted as 3x the forward "
-        "pass's FLOPs; `picked` is training.device's rule.",
+        f"Synthetic tensors, median of {REPEATS} calls after {WARMUP} warm-up call; a training step is counted as 3x "
+        "the forward pass's FLOPs; `picked` is training.device's rule.",
         "",
         md,
         "",
