@@ -45,7 +45,7 @@ def seconds_per_call(fn, device: torch.device, warmup: int, repeats: int) -> flo
     return float(pd.Series(times).median())
 
 
-def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 3) -> float:
     """GFLOP/s of an n x n float32 matmul (2 n^3 FLOPs) on `device`: what the machine's BLAS reaches."""
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
     return 2 * n**3 / seconds_per_call(lambda: a @ b, device, 1, repeats) / 1e9

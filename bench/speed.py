@@ -281,7 +281,7 @@ def write_kernels_report(
     judged = check_targets(ups, targets)
     md = table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + ups.to_markdown(index=False, floatfmt=".3g")
     lines = [
-        f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (4096 x 4096). "
+        f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (2048 x 2048). "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
         f"Synthetic tensors, median of {REPEATS} calls after {WARMUP} warm-up call; a training step is counted as 3x "
