@@ -112,10 +112,11 @@ def memory_available(device: torch.device) -> int | None:
     return gpu_memory_available(device) if device.type == "cuda" else available_memory()
 
 
-# Memory format and optimizer implementation, chosen by measurement (`bench speed studies/speed-format-cpu.yaml`
-# prints both choices of each side by side; docs/measured.md#memory-format-and-optimizer has the figures). On a
-# 2-core AMD EPYC a ResNet-50 forward pass runs 1.5x faster in channels_last at 224 px, 1.2x at 64 px, and not
-# faster at 32 px, where He et al.'s CIFAR ResNet-20 trains slower in it: channels_last from this input size up.
+# Memory format and optimizer implementation, chosen by measurement: `bench speed studies/speed-kernels-cpu.yaml
+# --kernels` times every choice side by side (docs/measured.md has the figures). On 2 cores of an AMD EPYC, ResNet-50
+# runs its forward pass 2.0x faster in channels_last at 224 px and trains 1.2x faster at 64 px; at 32 px the default
+# layout is as fast or faster. He et al.'s ResNet-20 at 32 px was slower in channels_last on an AVX2 EPYC and is
+# faster on an AVX-512 one: no fixed rule fits every processor, and the measured table says where this one misses.
 CPU_CHANNELS_LAST_MIN_PX = 64
 
 
