@@ -146,23 +146,12 @@ def effects(results: str | Path = "results", study: str | None = None, baseline:
     rows = []
     for e in compute(runs_of, baseline):
         c = e.comparison
-        numbers = (
-            dict(
-                seeds=c.n_seeds,
-                acc=c.acc_a,
-                baseline_acc=c.acc_b,
-                delta=c.diff,
-                ci_low=c.ci_low,
-                ci_high=c.ci_high,
-                p=c.p_value,
-                p_holm=e.p_holm,
-                significant=c.significant(p_adjusted=e.p_holm),
-                seed_level=c.seed_level,
-            )
-            if c
-            else dict(seeds=0, significant=False)
-        )
-        rows.append(dict(variant=e.variant, baseline=baseline, **numbers, note=e.note))
+        numbers = {"seeds": 0, "significant": False}
+        if c:
+            numbers = {"seeds": c.n_seeds, "acc": c.acc_a, "baseline_acc": c.acc_b, "delta": c.diff}
+            numbers |= {"ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p_value, "p_holm": e.p_holm}
+            numbers |= {"significant": c.significant(p_adjusted=e.p_holm), "seed_level": c.seed_level}
+        rows.append({"variant": e.variant, "baseline": baseline, **numbers, "note": e.note})
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS)).astype({"p": float, "p_holm": float})
 
 

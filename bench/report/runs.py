@@ -99,23 +99,21 @@ def _read_run(store: Store, variant: str, seed: int, run_id: str, overrides: dic
     if run.state != "done":
         return run
 
-    def damaged(what: str, e: Exception) -> Run:
-        warnings.append(f"run {d} ({run.variant}, seed {run.seed}): {what} ({type(e).__name__}: {e}); run left out")
+    def damaged(what: str, cause: str = "", then: str = "") -> Run:
+        warnings.append(f"run {d} ({run.variant}, seed {run.seed}): {what}{cause}; run left out{then}")
         run.state, run.detail = "damaged", what
         return run
 
     try:
         run.metrics = store.read_metrics(run_id)
     except (OSError, RecordError) as e:
-        return damaged("metrics.json missing or unreadable", e)
+        return damaged("metrics.json missing or unreadable", f" ({type(e).__name__}: {e})")
     try:
         run.predictions = store.read_predictions(run_id, run.metrics.n_test)
     except (OSError, RecordError) as e:
-        return damaged("predictions.csv missing or unreadable", e)
+        return damaged("predictions.csv missing or unreadable", f" ({type(e).__name__}: {e})")
     if why := disagreement(run.metrics, run.predictions):
-        warnings.append(f"run {d} ({run.variant}, seed {run.seed}): {why}; run left out (`bench verify` checks it)")
-        run.state, run.detail = "damaged", why
-        return run
+        return damaged(why, then=" (`bench verify` checks it)")
     try:
         run.history = store.read_history(run_id)
     except (OSError, RecordError) as e:
