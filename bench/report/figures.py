@@ -49,8 +49,9 @@ def make_figures(
         made["accuracy_vs_time"] = (
             "Test accuracy against the estimated compute of a run (bench.cost: tera multiply-adds, a frozen "
             "backbone's pass over the images charged to every run that uses it, cached or not, so cache hits do not "
-            "make a recipe look cheap); the grey line joins the recipes that no cheaper recipe beats on mean "
-            f"validation accuracy, chosen on validation, never on test. Weights and data: {what}."
+            "make a recipe look cheap); grey rings mark the recipes that no cheaper recipe beats on mean validation "
+            "accuracy, and a grey line joins them where there are several: chosen on validation, never on test. "
+            f"Weights and data: {what}."
             + (f" Left out (no compute estimate from their stored config): {', '.join(left_out)}." if left_out else "")
         )
     sizes = data_size_points(study)

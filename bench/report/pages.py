@@ -145,8 +145,14 @@ def page_latex(
         r"\usepackage{graphicx}",
         r"\usepackage{array}",
         r"\usepackage{float}",
-        # scale a table down to the text width only when it is wider than that
-        r"\newcommand{\fitwidth}[1]{\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{#1}}",
+        # scale a table down only when it is wider than the text, or taller than most of a page: a tabular cannot
+        # break across pages, and one taller than the page ran off its bottom (the references table did)
+        r"\newsavebox{\fitbox}",
+        r"\newcommand{\fitwidth}[1]{\sbox{\fitbox}{#1}%",
+        r"\ifdim\wd\fitbox>\linewidth\sbox{\fitbox}{\resizebox{\linewidth}{!}{\usebox{\fitbox}}}\fi%",
+        r"\ifdim\dimexpr\ht\fitbox+\dp\fitbox\relax>0.8\textheight"
+        r"\sbox{\fitbox}{\resizebox*{!}{0.8\textheight}{\usebox{\fitbox}}}\fi%",  # *: height and depth
+        r"\usebox{\fitbox}}",
         f"\\title{{{tex(study.name)}}}",
         r"\author{}",
         r"\date{}",

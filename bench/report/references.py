@@ -106,7 +106,7 @@ def references_table(study: StudyRuns) -> Table:
         rows,
         notes=notes,
         align="llllrrrrl",
-        wrap={1: "3.6cm", 2: "3.6cm", 3: "2.6cm", 6: "2.2cm", 7: "2.2cm", 8: "2cm"},
+        wrap={0: "2.4cm", 1: "4.4cm", 2: "7.5cm", 3: "3cm", 6: "2.6cm", 7: "2.6cm", 8: "2cm"},
     )
 
 
