@@ -216,6 +216,35 @@ def test_two_runs_on_one_store_both_exit_0(write_study, tmp_path):
     assert trained == 3  # each run trained once, by whichever process got it first
 
 
+def test_a_writable_check_never_removes_what_another_process_put_in_a_new_store(tmp_path, monkeypatch):
+    """Two `bench run`s on a store that does not exist yet check it at the same moment: the folders
+    one check made and removes again may already hold the other's files, or be gone under its probe."""
+    studies = tmp_path / "results" / "studies"
+    unlink = Path.unlink
+
+    def other_process_writes_meanwhile(self, *a, **k):
+        unlink(self, *a, **k)
+        if self.name.endswith(".check"):
+            (studies / "two.json").write_text("{}")
+
+    monkeypatch.setattr(Path, "unlink", other_process_writes_meanwhile)
+    files.check_writable(studies, "two.json", "the results store")
+    assert (studies / "two.json").read_text() == "{}"
+
+    mkdir = Path.mkdir
+    removed = []
+
+    def other_check_removes_the_folder_once(self, *a, **k):
+        mkdir(self, *a, **k)
+        if self == tmp_path / "new" and not removed:
+            self.rmdir()  # the other checker's clean-up, between this mkdir and this probe
+            removed.append(self)
+
+    monkeypatch.setattr(Path, "mkdir", other_check_removes_the_folder_once)
+    files.check_writable(tmp_path / "new", "two.json", "the results store")
+    assert removed and not (tmp_path / "new").exists()  # checked on the second try, cleaned up after
+
+
 def damaged_store(tmp_path):
     root = tmp_path / "results"
     variants = []

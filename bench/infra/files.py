@@ -179,25 +179,33 @@ class NotWritable(Exception):
 
 
 def check_writable(folder: Path, name: str, what: str) -> None:
-    """Raise NotWritable unless `folder` can be created and a file called `name` written in it."""
+    """Raise NotWritable unless `folder` can be created and a file called `name` written in it.
+    The folders the check creates are removed again only while empty, so two processes checking
+    the same new store at once never remove each other's files (a folder removed under the other's
+    probe is made again)."""
     folder = Path(folder)
-    missing = None  # the topmost folder this check creates, removed again afterwards
     for parent in [folder, *folder.parents]:
-        if not parent.exists():
-            missing = parent
-        else:
+        if parent.exists():
             if not parent.is_dir():
                 raise NotWritable(
                     f"{what}: {parent} is a file where a folder should be; move it or choose another path"
                 )
             break
-    probe = folder / f".{name}.check"
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    probe = folder / f"{temp_prefix(name)}check"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        for attempt in range(5):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                break
+            except FileNotFoundError:  # another checker removed the empty folder just made
+                if attempt == 4:
+                    raise
         probe.unlink()
-        if missing is not None:
-            shutil.rmtree(missing)
+        for p in created:  # innermost first; a folder with anything in it stays
+            with contextlib.suppress(OSError):
+                p.rmdir()
     except OSError as e:
         fix = {
             errno.ENAMETOOLONG: "use a shorter name",
