@@ -1,16 +1,16 @@
-"""`bench speed --kernels`: the choices training.device makes by rule, measured side by side on this machine.
+"""`bench speed --kernels`: the choices a run makes, measured side by side on this machine at the run's batch.
 
 For each variant's network, on synthetic tensors (the data pipeline left out): one forward pass (eval mode, no
 gradients: the frozen-feature pass and evaluation) and one training step (forward, backward, optimizer step),
 each in torch's default layout and in channels_last; then the optimizer step alone in torch's three
 implementations (for-loop, foreach, fused). Every pass is also given in GFLOP/s and as a share of the machine's
 own float32 matmul throughput, the nearest thing to its peak that torch reaches, so a table says how close to
-the hardware each path runs. `picked` marks what the rule chooses; a rule whose pick is slower is visible here.
+the hardware each path runs. `picked` marks what a run chooses: the memory format training.layout times at a
+small batch (or remembers), the optimizer implementation training.device's rule; a pick that is slower at the
+full batch is visible here.
 """
 
 from __future__ import annotations
-
-import time
 
 import pandas as pd
 import torch
@@ -19,30 +19,12 @@ import torch.nn.functional as F
 from bench.cost import stage_macs
 from bench.models import build_model
 from bench.study import Variant
-from bench.training.device import autocast, autocast_dtype, format_name, memory_format, optimizer_impl, to_format
+from bench.training import layout
+from bench.training.device import autocast, autocast_dtype, format_name, optimizer_impl, to_format
+from bench.training.layout import seconds_per_call
 
 FORMATS = (torch.contiguous_format, torch.channels_last)
 BACKWARD_COST = 2  # a backward pass costs about twice the forward's multiply-adds (gradients of inputs and weights)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds_per_call(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """The median of `repeats` timed calls after `warmup` untimed ones (the median: one slow call from another
-    process does not move it)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return float(pd.Series(times).median())
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 3) -> float:
@@ -62,7 +44,11 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = RE
     tc, r, bs = cfg.train, cfg.input.resolution, cfg.train.batch_size
     macs = stage_macs(cfg.model.arch, r)["total"]  # the backbone's forward multiply-adds per image
     dtype = autocast_dtype(tc, device)
-    picked_fmt = memory_format(r, device)
+    whole = cfg.model_copy(update={"model": cfg.model.model_copy(update={"freeze": "none"})})
+    default_net = network(v, torch.contiguous_format, device)
+    picked_fmt = {  # what a run picks: layout.choose, timed at its small batch (or remembered)
+        what: layout.choose(default_net, whole, device, dtype, what) for what in ("forward", "train")
+    }
     base = {"variant": v.name, "arch": cfg.model.arch, "resolution": r, "batch": bs, "precision": str(dtype or "fp32")}
     rows = []
 
@@ -85,10 +71,10 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = RE
         model = network(v, fmt, device)
         x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
         s = forward_seconds(model, x, device, dtype, repeats, WARMUP)
-        rows.append(row("forward", format_name(fmt), s, 2 * macs * bs, fmt == picked_fmt))
+        rows.append(row("forward", format_name(fmt), s, 2 * macs * bs, fmt == picked_fmt["forward"]))
         for impl in (default_impl, "fused"):
             s = step_seconds(model, x, optimizer(v, model, IMPLS[impl]), device, dtype, repeats, WARMUP)
-            picked = fmt == picked_fmt and impl == picked_impl
+            picked = fmt == picked_fmt["train"] and impl == picked_impl
             rows.append(
                 row("train step", f"{format_name(fmt)}, {impl}", s, 2 * macs * bs * (1 + BACKWARD_COST), picked)
             )

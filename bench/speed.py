@@ -23,18 +23,18 @@ import torch
 
 from bench import data as data_mod
 from bench.config import features_cacheable
-from bench.kernels import BACKWARD_COST, REPEATS, WARMUP, matmul_gflops, speedups, step_seconds, sync
+from bench.kernels import BACKWARD_COST, REPEATS, WARMUP, matmul_gflops, speedups, step_seconds
 from bench.models import build_model
 from bench.study import Target, Variant
-from bench.training import features, transforms
+from bench.training import features, layout, transforms
 from bench.training import loop as train
 from bench.training.device import (
     autocast_dtype,
     device_name,
     eval_batch_size,
-    memory_format,
     to_format,
 )
+from bench.training.layout import sync
 from bench.training.outcome import FeatureCache
 
 
@@ -70,8 +70,9 @@ def timed(fn, device):
 def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, warmup: int = 3) -> float:
     """Images/s of forward + backward + step on random tensors already on the device (the median step)."""
     cfg = v.config
-    fmt = memory_format(cfg.input.resolution, device)
-    model = to_format(build_model(cfg.model, 10).to(device), fmt)
+    model = build_model(cfg.model, 10).to(device)
+    fmt = layout.choose(model, cfg, device, autocast_dtype(cfg.train, device))  # as a run chooses it
+    model = to_format(model, fmt)
     opt = train.make_optimizer(cfg.train, model, device)
     fwd = torch.compile(model) if cfg.train.compile else model  # compiled as the run compiles it
     bs, r = cfg.train.batch_size, cfg.input.resolution
@@ -82,9 +83,10 @@ def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, war
 def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:
     """One forward pass of the backbone over every image of the three splits."""
     cfg = v.config
-    model = to_format(build_model(cfg.model, len(ds.classes)).to(device), memory_format(cfg.input.resolution, device))
-    transform = transforms.for_run(cfg, ds, False)
     dtype, batch = autocast_dtype(cfg.train, device), eval_batch_size(cfg.train, device)
+    model = build_model(cfg.model, len(ds.classes)).to(device)
+    model = to_format(model, layout.choose(model, cfg, device, dtype, "forward"))  # as a run's feature pass
+    transform = transforms.for_run(cfg, ds, False)
     _, seconds = timed(
         lambda: [
             features.predict(model.backbone, getattr(ds, s).x, transform, batch, device, dtype)

@@ -15,9 +15,9 @@ from bench import data
 from bench.cli import main
 from bench.config import RunConfig
 from bench.models import build_model
+from bench.training import layout, prefix
 from bench.training import loop as train
-from bench.training import prefix
-from bench.training.device import NATIVE_BF16, EvalBatch, gpu_memory_available, memory_format, to_format
+from bench.training.device import NATIVE_BF16, EvalBatch, gpu_memory_available, to_format
 from bench.training.features import predict
 from bench.training.outcome import FitContext
 from bench.training.transforms import BatchTransform
@@ -68,8 +68,9 @@ def test_fp16_trains_with_its_gradient_scaler(tmp_path):
 
 def test_channels_last_model_and_batches():
     cfg = config()
-    assert memory_format(32, GPU) == torch.channels_last  # on CUDA at every resolution
-    model = to_format(build_model(cfg.model, 10).to(GPU), memory_format(32, GPU))
+    model = build_model(cfg.model, 10).to(GPU)
+    assert layout.choose(model, cfg, GPU, None) == torch.channels_last  # on CUDA at every resolution
+    model = to_format(model, torch.channels_last)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     batch = BatchTransform(cfg.input, False, cfg.model)(
         torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, device=GPU)

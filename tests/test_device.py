@@ -14,11 +14,9 @@ from bench.config import RunConfig, TrainConfig
 from bench.training import device, features, prefix
 from bench.training import loop as train
 from bench.training.device import (
-    CPU_CHANNELS_LAST_MIN_PX,
     EvalBatch,
     autocast_dtype,
     gpu_memory_available,
-    memory_format,
     out_of_memory,
     precision_name,
 )
@@ -312,17 +310,6 @@ def test_an_indexed_gpu_that_torch_does_not_see_is_a_usage_error(monkeypatch):
         commands.pick_device("cuda:1")
 
 
-def test_memory_format_and_optimizer_follow_the_measured_rule_and_are_recorded():
-    assert memory_format(CPU_CHANNELS_LAST_MIN_PX - 1, CPU) == torch.contiguous_format  # CIFAR nets at 32 px
-    assert memory_format(CPU_CHANNELS_LAST_MIN_PX, CPU) == memory_format(224, CPU) == torch.channels_last
-    assert memory_format(32, CUDA) == torch.channels_last
+def test_torch_fused_optimizers_are_used_where_torch_has_them():
     for name in ("sgd", "adam", "adamw"):
         assert train.make_optimizer(TrainConfig(optimizer=name), nn.Linear(2, 2), CPU).defaults["fused"] is True
-    # whole runs at the threshold and below it: the network's format and the optimizer's kernel, as recorded
-    finetune = {"arch": "resnet18", "freeze": "none"}
-    for px, fmt in ((CPU_CHANNELS_LAST_MIN_PX, "channels_last"), (32, "contiguous")):
-        cfg = tiny(model=finetune, input={"resolution": px}, train={"epochs": 1}, data={"limit_train": 40})
-        out = train.fit(cfg, data.load(cfg.data), CPU, feature_cache=False)
-        assert (out.memory_format, out.optimizer_impl) == (fmt, "fused")
-        conv = out.model.backbone.conv1.weight
-        assert conv.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")

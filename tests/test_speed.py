@@ -107,13 +107,17 @@ def test_a_compiled_variant_is_timed_on_a_warm_epoch_with_its_compile_time_apart
 
 
 @pytest.mark.slow  # two small networks, each pass timed in every choice
-def test_bench_speed_kernels_times_every_choice_and_marks_what_the_rule_picks(write_study, tmp_path):
+def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write_study, tmp_path, monkeypatch):
     from bench.cli import main
     from bench.kernels import REPEATS, WARMUP
-    from bench.training.device import CPU_CHANNELS_LAST_MIN_PX
+    from bench.training import layout
 
+    # the layout a run would take, as its small-batch timing says (here: set by the test, per resolution)
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    big = 48
+    picks = {16: {"contiguous": 1.0, "channels_last": 2.0}, big: {"contiguous": 2.0, "channels_last": 1.0}}
+    monkeypatch.setattr(layout, "measure", lambda net, r, device, dtype, what: picks[r])
     model = {**TINY["model"], "arch": "resnet18", "freeze": "none"}
-    big = CPU_CHANNELS_LAST_MIN_PX
     study = {
         "study": "kernels",
         "defaults": {**TINY, "model": model},

@@ -112,22 +112,6 @@ def memory_available(device: torch.device) -> int | None:
     return gpu_memory_available(device) if device.type == "cuda" else available_memory()
 
 
-# Memory format and optimizer implementation, chosen by measurement: `bench speed studies/speed-kernels-cpu.yaml
-# --kernels` times every choice side by side (docs/measured.md has the figures). On 2 cores of an AMD EPYC, ResNet-50
-# runs its forward pass 2.0x faster in channels_last at 224 px and trains 1.2x faster at 64 px; at 32 px the default
-# layout is as fast or faster. He et al.'s ResNet-20 at 32 px was slower in channels_last on an AVX2 EPYC and is
-# faster on an AVX-512 one: no fixed rule fits every processor, and the measured table says where this one misses.
-CPU_CHANNELS_LAST_MIN_PX = 64
-
-
-def memory_format(resolution: int, device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (faster convolutions in bf16 and fp16) and on the CPU from CPU_CHANNELS_LAST_MIN_PX
-    up; torch's default (contiguous) below it."""
-    if device.type == "cuda" or resolution >= CPU_CHANNELS_LAST_MIN_PX:
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def format_name(fmt: torch.memory_format) -> str:
     """'channels_last' or 'contiguous', as the run record states it."""
     return "channels_last" if fmt == torch.channels_last else "contiguous"

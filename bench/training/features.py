@@ -19,21 +19,25 @@ from bench.config import RunConfig
 from bench.data import Dataset
 from bench.infra import identity
 from bench.infra.files import atomic_save
+from bench.training import layout, transforms
 from bench.training import prefix as bench_prefix
-from bench.training import transforms
 from bench.training.device import EvalBatch, autocast, release_memory
 from bench.training.transforms import BatchTransform
 
 
-def cache_key(cfg: RunConfig, data: Dataset, dtype: torch.dtype | None, prefix: bool = False) -> str:
+def cache_key(
+    cfg: RunConfig, data: Dataset, dtype: torch.dtype | None, prefix: bool = False, fmt: str = "contiguous"
+) -> str:
     """The features' identity: the images' content and split, the weights' content, the input
-    pipeline, the precision; never a path, so moved data or weights still hit and changed ones never do."""
+    pipeline, the precision and memory format (`fmt`: each changes the last bits); never a path, so moved data
+    or weights still hit and changed ones never do."""
     what = {
         "arch": cfg.model.arch,
         "weights": identity.weights_fingerprint(cfg.model),
         "input": cfg.input.model_dump(mode="json"),
         "data": data.fingerprint,
         "dtype": str(dtype),
+        "layout": fmt,
         "code": identity.code_versions(),  # a fix in bench, torch, torchvision or timm computes them anew
     }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
@@ -101,7 +105,7 @@ def split_features(
     """{'train'|'val'|'test': (N, width) features} from `cache_dir` or computed now; and whether it hit.
     `prefix`: `backbone` is a frozen prefix (training.prefix), whose outputs are kept on disk only when small
     enough."""
-    path = cache_dir / f"{cache_key(cfg, data, dtype, prefix)}.pt"
+    path = cache_dir / f"{cache_key(cfg, data, dtype, prefix, layout.format_of(backbone))}.pt"
     if path.exists():
         try:
             feats = torch.load(path, map_location=device, weights_only=True)

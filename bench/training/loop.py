@@ -23,7 +23,7 @@ from bench.data import Dataset, cache_root
 from bench.infra.files import atomic_save
 from bench.infra.record import HistoryRow
 from bench.models import build_model
-from bench.training import features, prefix, probes, recipes, transforms
+from bench.training import features, layout, prefix, probes, recipes, transforms
 from bench.training.device import (
     EvalBatch,
     autocast,
@@ -32,7 +32,6 @@ from bench.training.device import (
     format_name,
     grad_scaler,
     memory_available,
-    memory_format,
     optimizer_impl,
     precision_name,
     setup,
@@ -138,9 +137,12 @@ def fit(
     tc = cfg.train
     setup(device)
     dtype = autocast_dtype(tc, device)
-    fmt = memory_format(cfg.input.resolution, device)
-    model = to_format(build_model(cfg.model, len(data.classes)).to(device), fmt)
-    run = FitContext(cfg, model, data, device, dtype, EvalBatch(eval_batch_size(tc, device)), progress)
+    model = build_model(cfg.model, len(data.classes)).to(device)
+    fmt = layout.choose(model, cfg, device, dtype)  # timed on this machine once, then remembered
+    model = to_format(model, fmt)
+    run = FitContext(
+        cfg, model, data, device, dtype, EvalBatch(eval_batch_size(tc, device)), progress, format_name(fmt)
+    )
 
     if cfg.model.head.kind != "mlp":  # a logreg / k-NN probe on the frozen features: no epochs
         return probes.fit_probe(run, cache_dir, feature_cache)

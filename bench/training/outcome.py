@@ -40,6 +40,7 @@ class FitContext:
     dtype: torch.dtype | None  # autocast's; None is fp32
     eval_bs: EvalBatch  # evaluation's batch size (it halves when a batch runs out of memory)
     progress: Callable | None = None  # bench.console's progress bars: progress(what, total) -> advance(n)
+    layout: str = "contiguous"  # the network's memory format (training.layout.choose): or 'channels_last'
     started: float = field(default_factory=time.perf_counter)
 
     def bar(self, what: str, total: int) -> Callable[[int], None] | None:
@@ -55,5 +56,5 @@ class Outcome:
     feature_cache: FeatureCache | str  # a FeatureCache, or 'off: why' (the prefix cache refused)
     precision: str  # 'bfloat16' or 'float16' (autocast), or 'fp32'
     model: torch.nn.Module  # the whole classifier, with the selected epoch's weights
-    memory_format: str = "contiguous"  # the network's: 'channels_last' or 'contiguous' (training.device's rule)
+    memory_format: str = "contiguous"  # the network's: 'channels_last' or 'contiguous' (training.layout)
     optimizer_impl: str = "none"  # 'fused' or 'default' (torch's implementation); 'none' for a probe

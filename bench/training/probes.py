@@ -32,7 +32,7 @@ from torch import nn
 from bench.infra.files import cache_root
 from bench.infra.record import HistoryRow
 from bench.training import features
-from bench.training.device import format_name, memory_format, precision_name
+from bench.training.device import precision_name
 from bench.training.outcome import FeatureCache, FitContext, Outcome
 
 L2_GRID = tuple(10.0**e for e in range(5, -7, -1))  # 1e5 .. 1e-6, strongest first (warm starts)
@@ -230,5 +230,5 @@ def fit_probe(run: FitContext, cache_dir: Path | None, feature_cache: bool) -> O
         FeatureCache.HIT if hit else FeatureCache.COMPUTED,
         precision_name(dtype),
         model,
-        format_name(memory_format(cfg.input.resolution, device)),  # the feature pass's, as fit built the model
+        run.layout,  # the feature pass's, as fit built the model
     )
