@@ -5,9 +5,8 @@ gradients: the frozen-feature pass and evaluation) and one training step (forwar
 each in torch's default layout and in channels_last; then the optimizer step alone in torch's three
 implementations (for-loop, foreach, fused). Every pass is also given in GFLOP/s and as a share of the machine's
 own float32 matmul throughput, the nearest thing to its peak that torch reaches, so a table says how close to
-the hardware each path runs. `picked` marks what a run chooses: the memory format training.layout times at a
-small batch (or remembers), the optimizer implementation training.device's rule; a pick that is slower at the
-full batch is visible here.
+the hardware each path runs. `picked` marks what a run chooses: the memory format training.layout timed (or
+remembers), the optimizer implementation training.device's rule; a pick that is slower here is visible.
 """
 
 from __future__ import annotations

@@ -287,7 +287,8 @@ def write_kernels_report(
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
         f"Synthetic tensors, median of {REPEATS} calls after {WARMUP} warm-up call; a training step is counted as 3x "
-        "the forward pass's FLOPs; `picked` is training.device's rule.",
+        "the forward pass's FLOPs; `picked` is what a run takes: the memory format training.layout timed (or "
+        "remembered), the optimizer implementation training.device's rule.",
         "",
         md,
         "",

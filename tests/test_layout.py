@@ -32,7 +32,7 @@ def timings(monkeypatch, tmp_path):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     figures, calls = {}, []
 
-    def measure(net, resolution, device, dtype, what):
+    def measure(net, batch, resolution, device, dtype, what):
         calls.append((resolution, what))
         return figures[resolution]
 
@@ -76,7 +76,7 @@ def test_timing_a_layout_leaves_the_network_and_the_random_state_untouched(what)
     net = build_model(cfg.model, 10).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    times = layout.measure(net, 16, CPU, None, what)
+    times = layout.measure(net, 4, 16, CPU, None, what)
     assert set(times) == {"contiguous", "channels_last"} and all(t > 0 for t in times.values())
     assert torch.equal(torch.get_rng_state(), rng)
     after = net.state_dict()

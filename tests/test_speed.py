@@ -116,7 +116,7 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     big = 48
     picks = {16: {"contiguous": 1.0, "channels_last": 2.0}, big: {"contiguous": 2.0, "channels_last": 1.0}}
-    monkeypatch.setattr(layout, "measure", lambda net, r, device, dtype, what: picks[r])
+    monkeypatch.setattr(layout, "measure", lambda net, batch, r, device, dtype, what: picks[r])
     model = {**TINY["model"], "arch": "resnet18", "freeze": "none"}
     study = {
         "study": "kernels",

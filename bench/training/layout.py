@@ -3,15 +3,15 @@
 channels_last (NHWC) makes ResNet-50's forward pass 2x faster at 224 px on an AVX-512 CPU, slower at 64 px, and
 He et al.'s ResNet-20 at 32 px trains faster in it on one CPU and slower on another: no fixed rule fits every
 processor, network and resolution. So on the CPU bench times one pass of the run's own network on a synthetic
-batch in each layout, once per processor, thread count, torch version, network, resolution and pass, and
-remembers the answer (`<cache>/layouts.json`; `bench cache clear layouts.json` forgets it). channels_last is taken
-only when it is MARGIN faster: a near tie keeps torch's default, so noise never flips a choice. The pass timed is
-the one the run spends its time in: a forward pass without gradients for a frozen backbone (the feature pass and
-evaluation), forward and backward for a network that trains. The timing runs on a copy of the network under a
-forked random state, so the run's weights, BatchNorm statistics and random numbers are what they would be without
-it. On CUDA: channels_last (tensor-core convolutions in bf16 and fp16 want it).
+batch of the run's size in each layout, once per processor, thread count, torch version, network, resolution,
+batch size and pass, and remembers the answer (`<cache>/layouts.json`; `bench cache clear layouts.json` forgets
+it). channels_last is taken only when it is MARGIN faster: a near tie keeps torch's default, so noise never flips
+a choice. The pass timed is the one the run spends its time in: a forward pass without gradients for a frozen
+backbone (the feature pass and evaluation), forward and backward for a network that trains. The timing runs on a
+copy of the network under a forked random state, so the run's weights, BatchNorm statistics and random numbers
+are what they would be without it. On CUDA: channels_last (tensor-core convolutions in bf16 and fp16 want it).
 
-`bench speed --kernels` times both layouts at the run's full batch beside the pick (docs/measured.md).
+`bench speed --kernels` times both layouts again beside the pick (docs/measured.md).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from bench.config import RunConfig
 from bench.infra.files import cache_root, read_memo, try_lock, write_json
 
 MARGIN = 1.05  # channels_last must be this much faster than the default to be taken
-TUNE_BATCH = 8  # images per timed pass: the layout's speed is per image, a small batch keeps the timing short
-WARMUP, REPEATS = 1, 3
+REPEATS = 2  # timed samples per layout, after one call that warms up and sizes them
+MIN_SAMPLE_S = 0.1  # a sample runs the pass as often as it takes to last this long: shorter ones are noisy
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -50,6 +50,14 @@ def seconds_per_call(fn, device: torch.device, warmup: int, repeats: int) -> flo
     return sorted(times)[len(times) // 2]
 
 
+def fastest_call(fn, device: torch.device, repeats: int = REPEATS) -> float:
+    """Seconds per call of `fn`: one call that warms up (memory, kernel selection) and is timed to size the
+    samples, then the fastest of `repeats` samples of as many calls as make one last MIN_SAMPLE_S (the fastest:
+    another process only ever slows a sample down)."""
+    calls = max(1, round(MIN_SAMPLE_S / seconds_per_call(fn, device, 0, 1)))
+    return min(seconds_per_call(lambda: [fn() for _ in range(calls)], device, 0, 1) for _ in range(repeats)) / calls
+
+
 def pass_timed(cfg: RunConfig) -> str:
     """'forward' for a frozen backbone (the run's time goes to the feature pass and evaluation), else 'train'."""
     return "forward" if cfg.model.freeze == "backbone" else "train"
@@ -70,7 +78,7 @@ def choose(net: torch.nn.Module, cfg: RunConfig, device: torch.device, dtype: to
         with try_lock(path.with_suffix(".lock"), wait=True):  # two processes starting at once time it once
             times = read_memo(path).get(key)
             if not _valid(times):
-                times = measure(net, cfg.input.resolution, device, dtype, what)
+                times = measure(net, cfg.train.batch_size, cfg.input.resolution, device, dtype, what)
                 write_json(path, {**read_memo(path), key: times})
     return pick(times)
 
@@ -90,22 +98,23 @@ def layout_key(cfg: RunConfig, what: str, dtype: torch.dtype | None) -> str:
         f"{torch.get_num_threads()} threads",
         f"torch {torch.__version__}",
         m.arch + (f" freeze={m.freeze}" if what == "train" else ""),  # what trains; a head's cost is small
-        f"{cfg.input.resolution}px",
+        f"{cfg.input.resolution}px batch {cfg.train.batch_size}",
         what,
         str(dtype or "fp32").replace("torch.", ""),
     ]
     return " | ".join(parts)
 
 
-def measure(net: torch.nn.Module, resolution: int, device: torch.device, dtype, what: str) -> dict[str, float]:
-    """{layout: seconds per TUNE_BATCH images} for `what` ('forward' or 'train') on a copy of `net`."""
+def measure(net: torch.nn.Module, batch: int, resolution: int, device: torch.device, dtype, what: str) -> dict:
+    """{layout: seconds per batch} for `what` ('forward' or 'train') on a copy of `net`, at the run's batch size
+    (a small batch misleads: CIFAR ResNet-20 ties at 8 images and is 1.3x faster in channels_last at 128)."""
     out = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        x = torch.randn(TUNE_BATCH, 3, resolution, resolution, device=device)  # as the run's input: NCHW
+        x = torch.randn(batch, 3, resolution, resolution, device=device)  # as the run's input: NCHW
         for name, fmt in FORMATS.items():
             call = one_pass(copy.deepcopy(net).to(memory_format=fmt), x, device, dtype, what)
-            out[name] = seconds_per_call(call, device, WARMUP, REPEATS)
+            out[name] = fastest_call(call, device)
     return out
 
 
