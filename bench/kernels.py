@@ -20,7 +20,7 @@ from bench.models import build_model
 from bench.study import Variant
 from bench.training import layout
 from bench.training.device import autocast, autocast_dtype, format_name, optimizer_impl, to_format
-from bench.training.layout import seconds_per_call
+from bench.training.layout import interleaved, seconds_per_call
 
 FORMATS = (torch.contiguous_format, torch.channels_last)
 BACKWARD_COST = 2  # a backward pass costs about twice the forward's multiply-adds (gradients of inputs and weights)
@@ -32,8 +32,8 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 3) -> floa
     return 2 * n**3 / seconds_per_call(lambda: a @ b, device, 1, repeats) / 1e9
 
 
-# Each choice: one untimed call (allocations, kernel selection), then the median of REPEATS timed calls
-WARMUP, REPEATS = 1, 3
+# Each choice: one call that warms up and sizes its samples, then the fastest of REPEATS samples, interleaved
+REPEATS = 3
 
 
 def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = REPEATS) -> list[dict]:
@@ -66,21 +66,27 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = RE
 
     default_impl = "foreach" if device.type == "cuda" else "for-loop"  # what torch picks when not told
     picked_impl = "fused" if optimizer_impl(tc.optimizer, device) == "fused" else default_impl
-    for fmt in FORMATS:
-        model = network(v, fmt, device)
-        x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
-        s = forward_seconds(model, x, device, dtype, repeats, WARMUP)
-        rows.append(row("forward", format_name(fmt), s, 2 * macs * bs, fmt == picked_fmt["forward"]))
-        for impl in (default_impl, "fused"):
-            s = step_seconds(model, x, optimizer(v, model, IMPLS[impl]), device, dtype, repeats, WARMUP)
-            picked = fmt == picked_fmt["train"] and impl == picked_impl
-            rows.append(
-                row("train step", f"{format_name(fmt)}, {impl}", s, 2 * macs * bs * (1 + BACKWARD_COST), picked)
-            )
+    models = {format_name(fmt): network(v, fmt, device) for fmt in FORMATS}
+    x = torch.randn(bs, 3, r, r, device=device)
+    inputs = {name: to_format(x, fmt) if device.type == "cuda" else x for name, fmt in zip(models, FORMATS)}  # as fed
+    forward = {name: forward_call(m, inputs[name], device, dtype) for name, m in models.items()}
+    for name, s in interleaved(forward, device, repeats).items():
+        rows.append(row("forward", name, s, 2 * macs * bs, name == format_name(picked_fmt["forward"])))
+    steps = {
+        (name, impl): step_call(m, inputs[name], optimizer(v, m, IMPLS[impl]), device, dtype)
+        for name, m in models.items()
+        for impl in (default_impl, "fused")
+    }
+    for (name, impl), s in interleaved(steps, device, repeats).items():
+        picked = name == format_name(picked_fmt["train"]) and impl == picked_impl
+        rows.append(row("train step", f"{name}, {impl}", s, 2 * macs * bs * (1 + BACKWARD_COST), picked))
+    model = models["contiguous"]
     for p in model.parameters():
         p.grad = torch.randn_like(p)
-    for impl, kw in IMPLS.items():  # the optimizer step alone, gradients set
-        s = seconds_per_call(optimizer(v, model, kw).step, device, WARMUP + 1, repeats)  # +1: the state's first step
+    opts = {impl: optimizer(v, model, kw) for impl, kw in IMPLS.items()}
+    for opt in opts.values():
+        opt.step()  # the state's first step (allocations) is not timed
+    for impl, s in interleaved({impl: opt.step for impl, opt in opts.items()}, device, repeats).items():
         rows.append(
             {**base, "pass": f"{tc.optimizer} step", "choice": impl, "ms": 1000 * s, "picked": impl == picked_impl}
         )
@@ -107,31 +113,36 @@ def optimizer(v: Variant, model: torch.nn.Module, impl: dict) -> torch.optim.Opt
     return cls(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **extra, **impl)
 
 
-def forward_seconds(model, x, device, dtype, repeats: int, warmup: int) -> float:
+def forward_call(model, x, device, dtype):
     """One forward pass in eval mode without gradients: the frozen-feature pass and evaluation."""
-    model.eval()
 
     def forward():
+        model.eval()
         with torch.no_grad(), autocast(device, dtype):
             model(x)
 
-    return seconds_per_call(forward, device, warmup, repeats)
+    return forward
 
 
-def step_seconds(model, x, opt, device, dtype, repeats: int, warmup: int = 2, fwd=None) -> float:
+def step_call(model, x, opt, device, dtype, fwd=None):
     """One training step: forward (through `fwd`, a compiled `model`, where given), backward, `opt`'s step."""
-    model.train()
     fwd = fwd or model
     y = torch.randint(0, 10, (len(x),), device=device)
 
     def step():
+        model.train()
         with autocast(device, dtype):
             loss = F.cross_entropy(fwd(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return seconds_per_call(step, device, warmup, repeats)
+    return step
+
+
+def step_seconds(model, x, opt, device, dtype, repeats: int, warmup: int = 2, fwd=None) -> float:
+    """The median of `repeats` training steps after `warmup` (step_call's)."""
+    return seconds_per_call(step_call(model, x, opt, device, dtype, fwd), device, warmup, repeats)
 
 
 def kernels_table(variants: list[Variant], device: torch.device, peak: float) -> pd.DataFrame:

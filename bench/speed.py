@@ -23,7 +23,7 @@ import torch
 
 from bench import data as data_mod
 from bench.config import features_cacheable
-from bench.kernels import BACKWARD_COST, REPEATS, WARMUP, matmul_gflops, speedups, step_seconds
+from bench.kernels import BACKWARD_COST, REPEATS, matmul_gflops, speedups, step_seconds
 from bench.models import build_model
 from bench.study import Target, Variant
 from bench.training import features, layout, transforms
@@ -34,7 +34,7 @@ from bench.training.device import (
     eval_batch_size,
     to_format,
 )
-from bench.training.layout import sync
+from bench.training.layout import MIN_SAMPLE_S, sync
 from bench.training.outcome import FeatureCache
 
 
@@ -286,7 +286,8 @@ def write_kernels_report(
         f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (2048 x 2048). "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
-        f"Synthetic tensors, median of {REPEATS} calls after {WARMUP} warm-up call; a training step is counted as 3x "
+        f"Synthetic tensors; each choice warmed up by one call, then the fastest of {REPEATS} samples of at least "
+        f"{MIN_SAMPLE_S} s, the choices interleaved; a training step is counted as 3x "
         "the forward pass's FLOPs; `picked` is what a run takes: the memory format training.layout timed (or "
         "remembered), the optimizer implementation training.device's rule.",
         "",

@@ -43,13 +43,13 @@ def timings(monkeypatch, tmp_path):
 def test_a_layout_is_timed_once_per_shape_and_taken_only_with_a_margin(timings):
     figures, calls = timings
     slow, fast = 1.0, 1.0 / layout.MARGIN
-    figures.update({16: {"contiguous": slow, "channels_last": fast}, 24: {"contiguous": slow, "channels_last": 0.97}})
+    figures.update({16: {"contiguous": slow, "channels_last": fast}, 24: {"contiguous": slow, "channels_last": 0.98}})
     cfg16, cfg24 = config(input={"resolution": 16}), config(input={"resolution": 24})
     net = build_model(cfg16.model, 10)
     assert layout.choose(net, cfg16, CPU, None) == torch.channels_last  # exactly the margin faster
     assert layout.choose(net, cfg16, CPU, None) == torch.channels_last
     assert calls == [(16, "forward")]  # remembered, not timed again
-    assert layout.choose(net, cfg24, CPU, None) == torch.contiguous_format  # 3% faster: a near tie keeps the default
+    assert layout.choose(net, cfg24, CPU, None) == torch.contiguous_format  # 2% faster: a near tie keeps the default
     finetune = config(input={"resolution": 16}, model={"freeze": "none"})
     layout.choose(net, finetune, CPU, None)
     assert calls == [(16, "forward"), (24, "forward"), (16, "train")]  # a network that trains times training

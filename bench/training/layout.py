@@ -17,6 +17,7 @@ are what they would be without it. On CUDA: channels_last (tensor-core convoluti
 from __future__ import annotations
 
 import copy
+import functools
 import time
 
 import torch
@@ -24,8 +25,8 @@ import torch
 from bench.config import RunConfig
 from bench.infra.files import cache_root, read_memo, try_lock, write_json
 
-MARGIN = 1.05  # channels_last must be this much faster than the default to be taken
-REPEATS = 2  # timed samples per layout, after one call that warms up and sizes them
+MARGIN = 1.03  # channels_last must be this much faster than the default to be taken
+REPEATS = 3  # timed samples per layout, after one call that warms up and sizes them
 MIN_SAMPLE_S = 0.1  # a sample runs the pass as often as it takes to last this long: shorter ones are noisy
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -48,14 +49,6 @@ def seconds_per_call(fn, device: torch.device, warmup: int, repeats: int) -> flo
         sync(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
-
-
-def fastest_call(fn, device: torch.device, repeats: int = REPEATS) -> float:
-    """Seconds per call of `fn`: one call that warms up (memory, kernel selection) and is timed to size the
-    samples, then the fastest of `repeats` samples of as many calls as make one last MIN_SAMPLE_S (the fastest:
-    another process only ever slows a sample down)."""
-    calls = max(1, round(MIN_SAMPLE_S / seconds_per_call(fn, device, 0, 1)))
-    return min(seconds_per_call(lambda: [fn() for _ in range(calls)], device, 0, 1) for _ in range(repeats)) / calls
 
 
 def pass_timed(cfg: RunConfig) -> str:
@@ -108,14 +101,34 @@ def layout_key(cfg: RunConfig, what: str, dtype: torch.dtype | None) -> str:
 def measure(net: torch.nn.Module, batch: int, resolution: int, device: torch.device, dtype, what: str) -> dict:
     """{layout: seconds per batch} for `what` ('forward' or 'train') on a copy of `net`, at the run's batch size
     (a small batch misleads: CIFAR ResNet-20 ties at 8 images and is 1.3x faster in channels_last at 128)."""
-    out = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = torch.randn(batch, 3, resolution, resolution, device=device)  # as the run's input: NCHW
-        for name, fmt in FORMATS.items():
-            call = one_pass(copy.deepcopy(net).to(memory_format=fmt), x, device, dtype, what)
-            out[name] = fastest_call(call, device)
-    return out
+        calls = {
+            name: one_pass(copy.deepcopy(net).to(memory_format=fmt), x, device, dtype, what)
+            for name, fmt in FORMATS.items()
+        }
+        return interleaved(calls, device)
+
+
+def interleaved(calls: dict, device: torch.device, repeats: int = REPEATS) -> dict[str, float]:
+    """{name: seconds per call} of each of `calls`: one call each warms up (memory, kernel selection) and sizes
+    its samples (as many calls as last MIN_SAMPLE_S); then `repeats` rounds of one sample per call, interleaved so
+    that a slower spell of the machine falls on all of them; the fastest sample of each (another process only
+    ever slows a sample down)."""
+    first = {name: seconds_per_call(call, device, 0, 1) for name, call in calls.items()}
+    n = {name: max(1, round(MIN_SAMPLE_S / s)) for name, s in first.items()}
+    best = {name: float("inf") for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            sample = seconds_per_call(functools.partial(repeat, call, n[name]), device, 0, 1) / n[name]
+            best[name] = min(best[name], sample)
+    return best
+
+
+def repeat(call, n: int) -> None:
+    for _ in range(n):
+        call()
 
 
 def one_pass(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype, what: str):
