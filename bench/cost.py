@@ -29,9 +29,20 @@ SIZES = {
 def stage_macs(arch: str, resolution: int) -> dict[str, float]:
     """{'total': multiply-adds of one image's forward pass, then one entry per stage of models.stages
     ('stem', 'layer1'.. or 'stage1'.., 'tail')}; what no stage holds (pooling) is in the total only."""
+    return _macs(arch, resolution, split=True)
+
+
+@functools.cache
+def forward_macs(arch: str, resolution: int) -> float:
+    """Multiply-adds of one image's forward pass: stage_macs' total, counted without the stage split (which
+    imports timm, seconds, for its grouping rules)."""
+    return _macs(arch, resolution, split=False)["total"]
+
+
+def _macs(arch: str, resolution: int, split: bool) -> dict[str, float]:
     key = f"{arch}@{resolution} " + " ".join(f"{name} {version}" for name, version in library_versions().items())
     path = cache_root() / "flops.json"
-    if key in (memo := read_memo(path)):
+    if key in (memo := read_memo(path)) and (not split or len(memo[key]) > 1):
         return memo[key]
     import torch  # only to count: a remembered count needs no torch (bench list stays light)
     from torch.utils.flop_counter import FlopCounterMode
@@ -47,10 +58,12 @@ def stage_macs(arch: str, resolution: int) -> dict[str, float]:
     per_module = counter.get_flop_counts()  # 'ResNet.layer1' -> {op: FLOPs}, submodules included
     root = type(net).__name__
     out = {"total": counter.get_total_flops() / 2}
-    for stage, params in models.stages(net).items():
+    for stage, params in models.stages(net).items() if split else ():
         mods = models.whole_modules(net, set(params))
         out[stage] = sum(sum(per_module.get(f"{root}.{m}", {}).values()) for m in mods) / 2
     memo = read_memo(path)  # another process may have added entries meanwhile
+    if len(memo.get(key, ())) > len(out):
+        return memo[key]  # it counted the stages too
     memo[key] = out
     atomic_write(path, json.dumps(memo, indent=1))
     return out
@@ -75,7 +88,7 @@ def estimate_tflops(cfg: RunConfig) -> float:
     n_train = round(cfg.data.train_fraction * n_all) if cfg.data.train_fraction else cfg.data.limit_train or n_all
     n_train = min(n_train, n_all)
     n_test = min(cfg.data.limit_test or n_test, n_test)
-    fwd = stage_macs(cfg.model.arch, cfg.input.resolution)["total"] / 1e12
+    fwd = forward_macs(cfg.model.arch, cfg.input.resolution) / 1e12
     if features_cacheable(cfg) or cfg.model.head.kind != "mlp":
         return fwd * (n_train + n_val + n_test)
     share = trainable_share(cfg.model.arch, cfg.input.resolution, cfg.model.freeze)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bench.cost import stage_macs
+from bench.cost import forward_macs
 from bench.models import build_model
 from bench.study import Variant
 from bench.training import layout
@@ -33,7 +33,7 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 3) -> floa
 
 
 # Each choice: one call that warms up and sizes its samples, then the fastest of REPEATS samples, interleaved
-REPEATS = 3
+REPEATS = 5
 
 
 def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = REPEATS) -> list[dict]:
@@ -41,7 +41,7 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = RE
     implementation; images/s, GFLOP/s and percent of `peak` (matmul GFLOP/s)."""
     cfg = v.config
     tc, r, bs = cfg.train, cfg.input.resolution, cfg.train.batch_size
-    macs = stage_macs(cfg.model.arch, r)["total"]  # the backbone's forward multiply-adds per image
+    macs = forward_macs(cfg.model.arch, r)  # the backbone's forward multiply-adds per image
     dtype = autocast_dtype(tc, device)
     whole = cfg.model_copy(update={"model": cfg.model.model_copy(update={"freeze": "none"})})
     default_net = network(v, torch.contiguous_format, device)

@@ -190,10 +190,10 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
 
 
 def macs(cfg) -> float:
-    """The backbone's forward multiply-adds per image (cost.stage_macs)."""
-    from bench.cost import stage_macs
+    """The backbone's forward multiply-adds per image (cost.forward_macs)."""
+    from bench.cost import forward_macs
 
-    return stage_macs(cfg.model.arch, cfg.input.resolution)["total"]
+    return forward_macs(cfg.model.arch, cfg.input.resolution)
 
 
 COMPARISONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}  # a study file's target.op

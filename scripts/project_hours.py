@@ -34,9 +34,9 @@ def rates(speed: pd.DataFrame) -> tuple[float, float]:
     """(forward, training) multiply-adds per second from the measured rows (ResNet-50)."""
     frozen = speed.dropna(subset=["forward_pass_s"]).iloc[0]
     images = frozen.n_train + frozen.n_val + frozen.n_test
-    forward = images * cost.stage_macs("resnet50", int(frozen.resolution))["total"] / frozen.forward_pass_s
+    forward = images * cost.forward_macs("resnet50", int(frozen.resolution)) / frozen.forward_pass_s
     tuned = speed[speed.freeze == "none"].iloc[0]
-    training = tuned.train_img_s * 3 * cost.stage_macs("resnet50", int(tuned.resolution))["total"]
+    training = tuned.train_img_s * 3 * cost.forward_macs("resnet50", int(tuned.resolution))
     return forward, training
 
 

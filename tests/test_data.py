@@ -1,5 +1,6 @@
 import hashlib
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_a_tar_gz_read_in_place_gives_the_tree_s_images_and_decodes_only_those_u
         tar.add(root, arcname="cifar")
     decoded = []
     real = folder.decode_images
-    monkeypatch.setattr(folder, "decode_images", lambda p, refs, side: decoded.append(refs) or real(p, refs, side))
+    monkeypatch.setattr(folder, "decode_images", lambda p, refs, *a: decoded.append(refs) or real(p, refs, *a))
     for kw in ({}, {"limit_train": 10, "limit_test": 10}):
         cfg = {"source": "folder", "val_size": 6, **kw}
         a = data.load(DataConfig(path=str(root), **cfg))
@@ -185,6 +186,38 @@ def test_a_tar_gz_read_in_place_gives_the_tree_s_images_and_decodes_only_those_u
     assert len(full["train"]) == 93 and len(full["test"]) == 12
     assert len(subset["train"]) == 10 + 6 and len(subset["test"]) == 10  # training and validation images, test
     assert all(name.startswith("cifar/") for name in subset["train"])
+
+
+def test_a_tar_gz_is_read_once_on_a_first_run_and_its_listing_remembered(tmp_path, monkeypatch):
+    """A first load lists the archive and keeps the images' bytes in the same pass (no second read); a later
+    load takes the listing from the cache, named by the archive's content; a damaged listing is made again;
+    an archive too big to keep is read a second time for the images used only."""
+    from bench.data import archive, folder
+    from tests.test_identity import image_folder
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "tree" / "cifar", n=30)
+    path = tmp_path / "cifar.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname="cifar")
+    cfg = DataConfig(source="folder", path=str(path), val_size=6, limit_train=10, limit_test=10)
+    scans, reads = [], []
+    scan, read = archive._scan, archive.read_members
+    monkeypatch.setattr(archive, "_scan", lambda *a: scans.append(a) or scan(*a))
+    monkeypatch.setattr(archive, "read_members", lambda *a: reads.append(a) or read(*a))
+    first = data.load(cfg)
+    assert (len(scans), len(reads)) == (1, 0)  # listed and read in one pass
+    again = data.load(cfg.model_copy(update={"limit_train": 12}))  # other images: decoded, not listed again
+    assert (len(scans), len(reads)) == (1, 1)
+    assert torch.equal(again.test.x, first.test.x)
+    memo = next((tmp_path / "cache" / "listings").glob("*.json"))
+    memo.write_text('{"train": {"classes": [1]}}')
+    assert torch.equal(data.load(cfg).train.x, first.train.x) and len(scans) == 2  # damaged: listed anew
+    monkeypatch.setattr(archive, "KEEP_BYTES", 10)
+    for part in ("listings", "decoded"):
+        shutil.rmtree(tmp_path / "cache" / part)
+    assert torch.equal(data.load(cfg).train.x, first.train.x) and (len(scans), len(reads)) == (3, 2)
+    assert folder.listing_file("other content") != memo
 
 
 def test_links_in_a_tar_gz_are_refused_by_name(tmp_path):

@@ -251,7 +251,14 @@ def test_flops_per_arch_and_stage_from_torchs_flop_counter(monkeypatch):
     cost.stage_macs.cache_clear()  # from disk now: the counter must not run again
     import torch.utils.flop_counter
 
+    real_counter = torch.utils.flop_counter.FlopCounterMode
     monkeypatch.setattr(torch.utils.flop_counter, "FlopCounterMode", None)
     assert cost.stage_macs("resnet50", 224)["layer4"] / 1e9 == pytest.approx(0.809, abs=0.001)
     frozen, probe = RunConfig(), RunConfig(model={"head": {"kind": "logreg"}})
     assert cost.estimate_tflops(probe) == cost.estimate_tflops(frozen) == pytest.approx(4.089e-3 * 60_000, rel=1e-3)
+    # a total alone (a run's compute for the progress bar) is counted without the stage split (timm's grouping)
+    monkeypatch.setattr(torch.utils.flop_counter, "FlopCounterMode", real_counter)
+    monkeypatch.setattr(models, "stages", lambda net: pytest.fail("split a total-only count"))
+    total = cost.forward_macs("resnet18", 96)
+    monkeypatch.undo()
+    assert cost.stage_macs("resnet18", 96)["total"] == total and "layer4" in cost.stage_macs("resnet18", 96)

@@ -34,10 +34,11 @@ def read_folder(path: Path, content: str, side: int | None = None) -> Raw:
     (None: as they are)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
+    read = {}  # the archive's image bytes, when listing it read them
     if path.is_dir():
         listings = {part: samples(_split_dir(path, part)) for part in archive.SPLITS}
     else:
-        listings = archive.listing(path, skipped, IMG_EXTENSIONS)
+        listings, read = archive.listing(path, skipped, IMG_EXTENSIONS, remember=listing_file(content))
     for part, (classes, _) in listings.items():
         if len(classes) < 2:
             raise DataError(
@@ -61,10 +62,11 @@ def read_folder(path: Path, content: str, side: int | None = None) -> Raw:
 
         def decode() -> tuple[dict, list[str]]:
             refs = {part: [listings[part][1][i][0] for i in want[part]] for part in labels}
-            images = decode_images(path, refs, side)
+            images = decode_images(path, refs, side, read)
             return {part: (images[part], labels[part][want[part]]) for part in labels}, classes
 
         arrays, _ = decoded(key, side, decode)
+        read.clear()  # decoded now, or already: the bytes are not needed again
         for part in labels:
             pending[part].index, pending[part].images = want[part], arrays[part][0]
 
@@ -173,6 +175,14 @@ def tree_sha256(root: Path) -> str:
     return remembered(f"tree|{root.resolve()}|{stats}", compute)
 
 
+def listing_file(content: str) -> Path:
+    """Where an archive's listing is remembered: named by its content and the code that lists it."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    key = hashlib.sha256(f"{content}|{IMG_EXTENSIONS}|{bench_version()}".encode()).hexdigest()[:16]
+    return cache_root() / "listings" / f"{key}.json"
+
+
 def decoder_version() -> str:
     """What decodes the images: Pillow and bench's code (a fix to the decoding makes a new cache)."""
     import PIL
@@ -217,15 +227,18 @@ def samples(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, out
 
 
-def decode_images(path: Path, refs: dict[str, list], side: int | None) -> dict[str, np.ndarray]:
-    """{split: (N, H, W, 3) uint8} of the listed images: files of a tree, or members of a .tar.gz read in one
-    pass; every image at one size (data.image_size makes it so), or DataError naming two that differ."""
+def decode_images(
+    path: Path, refs: dict[str, list], side: int | None, read: dict[str, bytes] | None = None
+) -> dict[str, np.ndarray]:
+    """{split: (N, H, W, 3) uint8} of the listed images: files of a tree, or members of a .tar.gz (from `read`,
+    the bytes its listing kept, or read now in one pass); every image at one size (data.image_size makes it
+    so), or DataError naming two that differ."""
     from PIL import Image, UnidentifiedImageError
 
-    if path.is_dir():
-        opened = {}
-    else:
-        opened = archive.read_members(path, {name for names in refs.values() for name in names})
+    opened = {}
+    if not path.is_dir():
+        names = {name for part in refs.values() for name in part}
+        opened = read if read and names <= read.keys() else archive.read_members(path, names)
 
     def decode(ref):
         where = ref if path.is_dir() else f"{path}:{ref}"

@@ -9,7 +9,9 @@ where `execute` runs for each pending variant.
 from __future__ import annotations
 
 import errno
+import importlib
 import platform
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +140,8 @@ def drive(
             hooks.run_ended(result)
 
     if todo:
+        # what the first run's metrics import, imported while it computes (torch leaves the interpreter free then)
+        threading.Thread(target=importlib.import_module, args=("sklearn.metrics",), daemon=True).start()
         executor.run(study, todo, store, inputs, hooks, done)
     # Runs another bench process was training: wait for it to let go, then take what it left.
     busy = [v for v in todo if id(v) not in finished]

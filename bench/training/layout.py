@@ -26,7 +26,7 @@ from bench.config import RunConfig
 from bench.infra.files import cache_root, read_memo, try_lock, write_json
 
 MARGIN = 1.03  # channels_last must be this much faster than the default to be taken
-REPEATS = 3  # timed samples per layout, after one call that warms up and sizes them
+REPEATS = 2  # timed samples per layout, after one call that warms up and sizes them
 MIN_SAMPLE_S = 0.1  # a sample runs the pass as often as it takes to last this long: shorter ones are noisy
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """Accuracy, macro and per-class precision/recall/F1, and the confusion matrix (rows = true)."""
+    # here: scikit-learn and SciPy take a second to import, which bench.infra.runner does while a run computes
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     labels = np.arange(len(classes))
     p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     pc, rc, f1c, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
