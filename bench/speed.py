@@ -127,6 +127,8 @@ def speed_of(v: Variant, datasets: dict, cache: Path, device: torch.device, prog
     if cfg.data not in datasets:
         datasets[cfg.data] = data_mod.load(cfg.data)  # decoded once, outside the timings
     ds = datasets[cfg.data]
+    # the memory format is chosen before the clocks start: timed once per machine and shape, then remembered
+    layout.choose(build_model(cfg.model, len(ds.classes)).to(device), cfg, device, autocast_dtype(cfg.train, device))
     if device.type == "cuda":  # this variant's peak, not an earlier one's (bench.training.prefix's probe resets it too)
         torch.cuda.reset_peak_memory_stats(device)
     out, seconds = timed(lambda: train.fit(cfg, ds, device, cache_dir=cache, progress=progress), device)
