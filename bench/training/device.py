@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import platform
 
 import torch
 
@@ -134,9 +133,13 @@ def optimizer_impl(optimizer: str, device: torch.device) -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (lscpu's) and the threads torch uses: records and benchmarks
+    name the processor, whose speed and last digits differ from another's."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    from bench.infra.hashing import cpu_info
+
+    return f"CPU ({cpu_info()[0]}, {torch.get_num_threads()} threads)"
 
 
 def available_memory() -> int | None:
