@@ -62,6 +62,19 @@ def test_a_layout_is_timed_once_per_shape_and_taken_only_with_a_margin(timings):
     assert calls[-1] == (16, "forward")
 
 
+def test_a_timing_that_runs_out_of_memory_keeps_the_default_and_is_not_remembered(timings, monkeypatch):
+    def no_room(*a):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 123 bytes")
+
+    monkeypatch.setattr(layout, "measure", no_room)
+    cfg = config()
+    assert layout.choose(build_model(cfg.model, 10), cfg, CPU, None) == torch.contiguous_format
+    assert not (cache_root() / "layouts.json").exists()
+    monkeypatch.setattr(layout, "measure", lambda *a: 1 / 0)  # any other error is the caller's to see
+    with pytest.raises(ZeroDivisionError):
+        layout.choose(build_model(cfg.model, 10), cfg, CPU, None)
+
+
 def test_cuda_takes_channels_last_without_timing(timings):
     _, calls = timings
     cfg = config()

@@ -24,6 +24,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.infra.files import cache_root, read_memo, try_lock, write_json
+from bench.training.device import autocast, out_of_memory, release_memory
 
 MARGIN = 1.03  # channels_last must be this much faster than the default to be taken
 REPEATS = 2  # timed samples per layout, after one call that warms up and sizes them
@@ -71,7 +72,13 @@ def choose(net: torch.nn.Module, cfg: RunConfig, device: torch.device, dtype: to
         with try_lock(path.with_suffix(".lock"), wait=True):  # two processes starting at once time it once
             times = read_memo(path).get(key)
             if not _valid(times):
-                times = measure(net, cfg.train.batch_size, cfg.input.resolution, device, dtype, what)
+                try:
+                    times = measure(net, cfg.train.batch_size, cfg.input.resolution, device, dtype, what)
+                except Exception as e:  # two copies of the network did not fit: the run itself may still
+                    if not out_of_memory(e):
+                        raise
+                    release_memory(device)
+                    return torch.contiguous_format  # torch's default, not remembered: timed again next time
                 write_json(path, {**read_memo(path), key: times})
     return pick(times)
 
@@ -134,8 +141,6 @@ def repeat(call, n: int) -> None:
 def one_pass(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype, what: str):
     """A call that runs `what` once: a forward pass in eval mode without gradients, or forward and backward in
     train mode (as far back as parameters train)."""
-    from bench.training.device import autocast
-
     model.train(what == "train")
 
     def call():
