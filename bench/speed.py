@@ -12,12 +12,15 @@ forward + backward + optimizer step), so the data pipeline's cost shows as the g
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 import shlex
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -247,6 +250,41 @@ def workers_speed(study, variants: list[Variant], workers: int, device: torch.de
     return table
 
 
+def cell(x) -> str:
+    """A figure as a reader takes it in at a glance: three significant digits, never an exponent (1,600, not
+    1.6e+03), thousands separated; blank where a row has none."""
+    if x is None or isinstance(x, str):
+        return x or ""
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, numbers.Integral):
+        return f"{x:,}"
+    if math.isnan(x):
+        return ""
+    return f"{float(f'{x:.3g}'):,.12g}" if math.isfinite(x) else str(x)
+
+
+def markdown(table: pd.DataFrame, turned_by: str | None = None) -> str:
+    """`table` as a markdown table of `cell`s, numbers right-aligned. `turned_by`: one column per value of that
+    column and one row per measure (a few runs of thirty measures read down, not across)."""
+    from tabulate import tabulate
+
+    if turned_by:
+        labels = table[turned_by].astype(str)
+        if labels.duplicated().any() and "seed" in table:
+            labels = labels + " (seed " + table["seed"].astype(str) + ")"
+        turned = table.drop(columns=[turned_by]).set_axis(labels, axis=0).T
+        headers = ["", *turned.columns]
+        rows = [[name, *map(cell, values)] for name, values in turned.iterrows()]
+        align = ["left", *["right"] * len(turned.columns)]
+    else:
+        headers = list(table.columns)
+        rows = [[cell(x) for x in row] for row in table.itertuples(index=False)]
+        numeric = [pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in table.dtypes]
+        align = ["right" if n else "left" for n in numeric]
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True, colalign=align)
+
+
 def write_speed_report(
     table: pd.DataFrame, out: Path, command: list[str], targets: list[Target], workers: pd.DataFrame | None = None
 ) -> tuple[str, list[tuple[str, str, bool]]]:
@@ -255,11 +293,11 @@ def write_speed_report(
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "speed.csv", index=False, float_format="%.4g")
     targets = check_targets(table, targets)
-    md = table.drop(columns=["device", "matmul_gflop_s"]).to_markdown(index=False, floatfmt=".3g")
+    md = markdown(table.drop(columns=["device", "matmul_gflop_s"]), turned_by="variant")
     if workers is not None:
         workers.to_csv(out / "workers.csv", index=False, float_format="%.4g")
         md += "\n\nThe same runs as a study, one worker against several (cold feature caches each time):\n\n"
-        md += workers.to_markdown(index=False, floatfmt=".3g")
+        md += markdown(workers)
     lines = [
         f"Device: {table['device'].iloc[0]}; float32 matmul {table['matmul_gflop_s'].iloc[0]:.0f} GFLOP/s. "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
@@ -283,7 +321,7 @@ def write_kernels_report(
     table.to_csv(out / "kernels.csv", index=False, float_format="%.4g")
     ups = speedups(table)
     judged = check_targets(ups, targets)
-    md = table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + ups.to_markdown(index=False, floatfmt=".3g")
+    md = markdown(table) + "\n\n" + markdown(ups)
     lines = [
         f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (2048 x 2048). "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",

@@ -18,10 +18,15 @@ def test_reproduction_table_and_curves(tmp_path):
         ("plain56", "cifar_plain56", [0], 0.80, 0.001),
         ("resnet110", "cifar_resnet110", [0, 1, 2], 0.93, 0.1),
         ("imagenet", "resnet50", [0], 0.5, 0.1),
+        ("pretrained", "cifar_resnet20", [0], 0.95, 0.1),  # no Table 6 experiment: it did not start from scratch
+        ("frozen", "cifar_resnet20", [0], 0.45, 0.1),  # nor one with a frozen backbone
     ):
+        weights, freeze = {"pretrained": ("file:r20.safetensors", "none"), "frozen": ("none", "backbone")}.get(
+            variant, ("none", "none")
+        )
         for s in seeds:
             run_id = f"{variant}{s}"
-            write_run(tmp_path, run_id, variant, s, p, labels=labels, weights="none", freeze="none", arch=arch, lr=lr)
+            write_run(tmp_path, run_id, variant, s, p, labels=labels, weights=weights, freeze=freeze, arch=arch, lr=lr)
             entries.append((variant, s, run_id, {}))
     write_manifest(tmp_path, "paper", entries)
     study = load_runs(tmp_path, "paper")
@@ -47,6 +52,18 @@ def test_reproduction_table_and_curves(tmp_path):
     assert "6.61 ± 0.16 (mean of 5; best 6.43)" in page
     assert "figures/paper_curves.png" in page and "validation error (solid)" in page
     assert (tmp_path / "reports" / "paper" / "figures" / "paper_curves.png") in written.files
+
+
+def test_only_cifar10_runs_from_scratch_stand_beside_table6():
+    """The demo trains the same CIFAR ResNet-20 on digits: its error is no reproduction of Table 6's."""
+    from bench.report.paper import CIFAR10_CLASSES, table6_experiment
+
+    scratch = {"model": {"weights": "none", "freeze": "none"}}
+    assert table6_experiment({**scratch, "data": {"source": "cifar10"}}, ["cat", "dog"])
+    assert table6_experiment({**scratch, "data": {"source": "folder"}}, CIFAR10_CLASSES)  # the JPEG copy
+    assert not table6_experiment({**scratch, "data": {"source": "folder"}}, ["cat", "dog"])  # another folder
+    assert not table6_experiment({**scratch, "data": {"source": "digits"}}, [str(d) for d in range(10)])
+    assert not table6_experiment({"data": {"source": "cifar10"}, "model": {"weights": "none"}}, CIFAR10_CLASSES)
 
 
 def test_recipe_differences_are_listed(tmp_path):

@@ -415,6 +415,12 @@ def test_the_depth_axis_gets_its_table_and_figure(tmp_path):
     assert "against its number of layers" in caption and "RANDOM INIT (resnet50, resnet18)" in caption
     assert "not transfer" in caption and "ImageNet top-1 error He" not in caption
     assert "CIFAR-100 test acc (%)" in page and "CIFAR-10 test acc" not in page
+    for run_id in ("resnet50-0", "resnet50-1", "resnet18-0", "resnet18-1"):  # weights from files: not ImageNet's
+        set_config(root, run_id, "model", weights="file:/w/backbone.safetensors")
+        set_metrics(root, run_id, pretrained=True, weights="file backbone.safetensors")
+    assert main(["report", "--results", str(root), "--out", str(out), "--format", "md"]) == 0
+    page = (out / "depth" / "report.md").read_text()
+    assert "figures/depth.png" not in page and "against the ImageNet top-1 error" not in page
 
 
 def test_the_compute_frontier_is_chosen_on_validation():

@@ -79,6 +79,28 @@ def test_bench_speed_writes_its_table(write_study, tmp_path):
     assert "| target | measured | met |" in (tmp_path / "speed" / "speed.md").read_text()
 
 
+def test_speed_pages_show_figures_a_reader_takes_in_at_a_glance():
+    from bench.speed import markdown
+
+    table = pd.DataFrame(
+        {
+            "variant": ["a", "b"],
+            "ms": [1600.4, 0.0123456],
+            "ratio": [np.nan, 4.0213],
+            "n": [300, 12000],
+            "ok": [True, False],
+        }
+    )
+    rows = markdown(table).splitlines()
+    assert [c.strip() for c in rows[2].split("|")[1:-1]] == ["a", "1,600", "", "300", "True"]
+    assert [c[0] + c[-1] for c in rows[1].split("|")[1:-1]] == [":-", "-:", "-:", "-:", ":-"]  # numbers right
+    assert "e+" not in markdown(table) and "nan" not in markdown(table) and "0.0123" in rows[3] and "12,000" in rows[3]
+    turned = markdown(table, turned_by="variant").splitlines()  # one column per variant, one row per measure
+    assert [c.strip() for c in turned[0].split("|")[1:-1]] == ["", "a", "b"]
+    assert [c.strip() for c in turned[2].split("|")[1:-1]] == ["ms", "1,600", "0.0123"]
+    assert [c.strip() for c in turned[3].split("|")[1:-1]] == ["ratio", "", "4.02"]
+
+
 def test_bench_speed_writes_each_row_as_its_variant_ends(write_study, tmp_path, monkeypatch):
     from bench import speed
     from bench.cli import main

@@ -92,7 +92,8 @@ def write_report(
         rows = depth_rows(study, baseline, heads=True)
         arms = [r["variant"] for r in rows]
         data = " / ".join(dict.fromkeys(data_title(r) for v in arms for r in study.done(v)))
-        captions["depth"] = depth_figure(rows, made_with(study, arms), data, out / "figures" / "depth", formats)
+        if caption := depth_figure(rows, made_with(study, arms), data, out / "figures" / "depth", formats):
+            captions["depth"] = caption
     if not variant:
         warnings.append(f"study {study.name}: no finished run yet; only the status table is reported")
 

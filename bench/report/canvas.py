@@ -3,6 +3,7 @@ a display or leaks state between reports), user text drawn as written, and savin
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -29,9 +30,15 @@ def save(fig: Figure, stem: Path, formats: set[str]) -> list[Path]:
     return paths
 
 
+# Characters per line of drawn text: a longer title (a weights file's provenance, say) would widen its figure,
+# which the page then shrinks until nothing in it can be read
+WRAP = 90
+
+
 def plain(text: str) -> str:
-    """User text drawn as written: a '$' would start matplotlib's math mode."""
-    return str(text).replace("$", r"\$")
+    """User text drawn as written (a '$' would start matplotlib's math mode), its lines wrapped at WRAP."""
+    lines = str(text).replace("$", r"\$").split("\n")
+    return "\n".join(textwrap.fill(line, WRAP, break_on_hyphens=False) or line for line in lines)
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -196,7 +196,7 @@ def accuracy_vs_compute(points: pd.DataFrame, what: str, stem: Path, formats: se
                 capsize=3,
                 mfc="C0" if pretrained else "none",
                 color="C0" if pretrained else "C3",
-                label="ImageNet-pretrained" if pretrained else "random init",
+                label="pretrained" if pretrained else "random init",
             )
     frontier = points[points["variant"].isin(cheapest_on_validation(points))]
     ax.step(frontier["tmacs"], frontier["acc"], where="post", color="0.5", linewidth=1, zorder=0)
@@ -247,14 +247,24 @@ def layers(arch: str) -> int | None:
     return int(digits[-1]) if digits else None
 
 
-def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: set[str]) -> str:
+def depth_figure(rows: list[dict], what: str, data: str, stem: Path, formats: set[str]) -> str | None:
     """Test accuracy on the study's data per depth, one point per depth; returns the caption. Pretrained
     backbones: against the paper's ImageNet top-1 error for that depth. All random init: against depth,
     since no ImageNet weights were loaded and their error would say nothing about these backbones."""
-    pretrained = [r for r in rows if r["weights"] != "none" and r["paper_top1_error"] is not None]
+    # ImageNet weights of the libraries, beside the paper's ImageNet error; other weights (a file, bench's own
+    # CIFAR-10 backbone) have no ImageNet error that describes them
+    pretrained = [
+        r
+        for r in rows
+        if r["weights"].partition(":")[0] in ("torchvision", "timm")
+        and str(r.get("paper_table", "")).startswith("imagenet")
+        and r["paper_top1_error"] is not None
+    ]
     random = [r for r in rows if r["weights"] == "none"]
     against_error = bool(pretrained)
     shown = pretrained if against_error else [r for r in random if layers(r["arch"])]
+    if not shown:  # other weights only (a file): no axis this figure can honestly put them on
+        return None
     fig = new_figure(7, 5)
     ax = fig.add_subplot()
     kinds = list(dict.fromkeys(r.get("head", "mlp") for r in shown))

@@ -87,11 +87,9 @@ class Table:
         )
 
     def latex(self) -> str:
-        # wrapping columns may also break after "=" (long overrides such as model.freeze=stem-layer3)
-        escaped = [
-            [tex(c).replace("=", "=\\allowbreak{}") if j in self.wrap else tex(c) for j, c in enumerate(row)]
-            for row in self.rows
-        ]
+        # wrapping columns may also break after "=", "/" and "_" (long overrides such as model.freeze=stem-layer3,
+        # a weights file's path), which LaTeX would otherwise run into the next column
+        escaped = [[breakable(tex(c)) if j in self.wrap else tex(c) for j, c in enumerate(row)] for row in self.rows]
         cells = [
             [f"\\textbf{{{c}}}" if (i, j) in self.bold and c else c for j, c in enumerate(row)]
             for i, row in enumerate(escaped)
@@ -142,6 +140,13 @@ MD_SPECIAL = set("\\`*_[]<>|$~")  # what GitHub markdown would act on inside a l
 def md(text: str) -> str:
     """User text shown literally in GitHub markdown (names like '*a*', 'x|y' or '$5' included)."""
     return "".join("\\" + ch if ch in MD_SPECIAL else ch for ch in str(text))
+
+
+def breakable(escaped: str) -> str:
+    """LaTeX text (already escaped) that may break after "=", "/" and "_"."""
+    for mark in ("=", "/", r"\_"):
+        escaped = escaped.replace(mark, mark + r"\allowbreak{}")
+    return escaped
 
 
 def tex(text: str) -> str:

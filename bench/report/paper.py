@@ -47,12 +47,29 @@ def table6_row(depth: int) -> dict | None:
     return next((r for r in rows if r["layers"] == depth), None)
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def table6_experiment(config: dict | None, classes: list[str]) -> bool:
+    """Whether a run is section 4.2's experiment: a CIFAR network trained whole from random weights on CIFAR-10
+    (the official set, or an image folder whose classes are CIFAR-10's). The demo's digits, or a network
+    pretrained or partly frozen, have no Table 6 row to stand beside, whatever the network."""
+    config = config or {}
+    data, model = config.get("data") or {}, config.get("model") or {}
+    source = data.get("source", "cifar10")
+    on_cifar10 = source == "cifar10" or (source == "folder" and classes == CIFAR10_CLASSES)
+    return on_cifar10 and model.get("weights", "none") == "none" and model.get("freeze") == "none"
+
+
 def reproduction_rows(study: StudyRuns) -> list[dict]:
-    """One row per finished variant with a CIFAR network: measured test error beside Table 6's."""
+    """One row per finished variant of section 4.2's experiment (table6_experiment): measured test error beside
+    Table 6's."""
     rows = []
     for v in study.variants:
         arch, runs = cifar_arch(study, v), study.done(v)
         if not arch or not runs:
+            continue
+        if not table6_experiment(study.config(v), [c.class_ for c in runs[0].metrics.test.per_class]):
             continue
         kind, depth = arch
         errors = [100 * (1 - r.metrics.test.accuracy) for r in runs]
