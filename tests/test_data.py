@@ -230,3 +230,82 @@ def test_links_in_a_tar_gz_are_refused_by_name(tmp_path):
         tar.add(root, arcname="tree")
     with pytest.raises(data.DataError, match=r"linked.tar.gz: tree/train/cat/link.png is a link \(to .*\).*re-pack"):
         data.load(DataConfig(source="folder", path=str(archive), val_size=6))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("compression", ["gz", "", "bz2"])
+def test_the_fast_archive_reader_reads_what_tarfile_reads(tmp_path, fmt, compression):
+    """bench reads plain ustar and GNU archives (gzip or none) itself, 2.5x faster than tarfile: it must give
+    tarfile's members, kinds and bytes, names with a ustar prefix, non-UTF-8 bytes, folders with and without a
+    trailing slash included; anything else (pax headers, GNU long names, bzip2) goes to tarfile."""
+    import io
+
+    from bench.data import archive
+
+    path = tmp_path / f"x.tar{'.' + compression if compression else ''}"
+    deep = "/".join(["folder" * 3] * 6)  # 125 characters: a ustar prefix, or a long-name header
+    entries = [
+        ("root", None),
+        ("root/train/", None),
+        ("root/train/cat", None),
+        ("root/train/cat/0.jpg", b"\xff\xd8jpeg" * 300),
+        ("root/train/cat/empty.jpg", b""),
+        ("root/train/dog/caf\xe9.jpg", b"two"),
+        (f"root/{deep}/x.png", b"deep"),
+        ("root/test/dog/1.jpg", b"one"),
+    ]
+    if fmt == tarfile.USTAR_FORMAT:  # a ustar header cannot hold a 300-character name at all
+        entries = [e for e in entries if deep not in e[0]] + [(f"root/{'a' * 120}/{'b' * 90}.png", b"prefixed")]
+    with tarfile.open(path, f"w:{compression}", format=fmt, encoding="latin-1") as tar:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(content)
+            tar.addfile(info, io.BytesIO(content) if content is not None else None)
+
+    def keep(m, size):
+        return m.name.endswith("g")
+
+    slow = archive._read_tarfile(path, keep)
+    fast = archive._read_ustar(path, keep)
+    assert archive._read(path, keep) == slow
+    assert len(slow[0]) == len(entries) and sum(m.kind == "dir" for m in slow[0]) == 3
+    assert sorted(slow[1].values()) == sorted(c for n, c in entries if c is not None and n.endswith("g"))
+    takes_it = compression != "bz2" and (fmt == tarfile.USTAR_FORMAT or not any(len(n) > 100 for n, _ in entries))
+    if fmt == tarfile.PAX_FORMAT:
+        takes_it = False  # non-ASCII names are in pax headers
+    assert (fast is not None) == takes_it
+    if fast is not None:
+        assert fast == slow
+
+
+def test_the_fast_archive_reader_leaves_links_and_damage_to_tarfile(tmp_path):
+    import io
+
+    from bench.data import archive
+
+    path = tmp_path / "x.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("a/file.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+        link = tarfile.TarInfo("a/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "file.jpg"
+        tar.addfile(link)
+    assert archive._read_ustar(path, lambda m, s: True) is None
+    assert archive._read(path, lambda m, s: True)[0][1] == archive.Member("a/link.jpg", "link", "file.jpg")
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("a/file.jpg")
+        info.size = 3000
+        tar.addfile(info, io.BytesIO(bytes(3000)))
+    damaged = bytearray(whole.read_bytes())
+    damaged[10] ^= 1  # a name byte: the checksum no longer matches
+    (tmp_path / "damaged.tar").write_bytes(damaged)
+    (tmp_path / "short.tar").write_bytes(whole.read_bytes()[:2000])
+    for name in ("damaged.tar", "short.tar"):
+        assert archive._read_ustar(tmp_path / name, lambda m, s: True) is None
+        with pytest.raises(data.DataError, match=f"cannot read .*{name}"):
+            archive._read(tmp_path / name, lambda m, s: True)

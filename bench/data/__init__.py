@@ -107,7 +107,6 @@ def load(cfg: DataConfig) -> Dataset:
     # torch and scikit-learn are imported here, not above: the configuration reads data.catalog, and
     # importing it runs this file, so at the top they would slow every `import bench.config` by seconds
     import torch
-    from sklearn.model_selection import train_test_split
 
     from bench.data import official, sources
 
@@ -117,6 +116,8 @@ def load(cfg: DataConfig) -> Dataset:
     (x_train, y_train), (x_test, y_test) = raw.train, raw.test
     _check_sizes(cfg, y_train, y_test, raw.classes, official_val=raw.val is not None)
     if raw.val is None:  # the split depends on split_seed only: every variant and seed selects on the same images
+        from sklearn.model_selection import train_test_split  # here: a first run imports it while reading images
+
         idx_train, idx_val = train_test_split(
             np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from bench.config import DataConfig
 from bench.data import Raw
@@ -26,6 +25,7 @@ def read(cfg: DataConfig, content: str) -> Raw:
 
 def digits():
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     d = load_digits()
     # 8x8 grey levels 0..16 -> RGB uint8; transforms.py resizes them like any other image.

@@ -127,6 +127,11 @@ def drive(
             store.set_aside(run_id)
     todo = pending(store, variants, retry_failed)
     store.check_space(todo)  # a full disk refused now, not at the first checkpoint
+    if todo:
+        # what the first run's data split and metrics import, imported while its images are read and its features
+        # computed (reading a .tar.gz, decoding and torch's kernels leave the interpreter free much of the time)
+        modules = ("sklearn.model_selection", "sklearn.metrics")
+        threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True).start()
     inputs = Inputs()
     inputs.preflight(todo)
     if command is not None:
@@ -140,8 +145,6 @@ def drive(
             hooks.run_ended(result)
 
     if todo:
-        # what the first run's metrics import, imported while it computes (torch leaves the interpreter free then)
-        threading.Thread(target=importlib.import_module, args=("sklearn.metrics",), daemon=True).start()
         executor.run(study, todo, store, inputs, hooks, done)
     # Runs another bench process was training: wait for it to let go, then take what it left.
     busy = [v for v in todo if id(v) not in finished]
