@@ -148,10 +148,34 @@ def build_head(cfg: HeadConfig, num_features: int, num_classes: int) -> nn.Modul
     )
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
-    backbone = build_backbone(cfg.weights, cfg.arch)
+def build_model(cfg: ModelConfig, num_classes: int, prebuilt: Prebuilt | None = None) -> Classifier:
+    """The classifier: `prebuilt`'s backbone where given (Prebuilt), else one built now."""
+    backbone = prebuilt.take() if prebuilt is not None else build_backbone(cfg.weights, cfg.arch)
     modules, params = freeze_plan(backbone, cfg.freeze, cfg.arch)
     return Classifier(backbone, build_head(cfg.head, feature_width(backbone), num_classes), modules, params)
+
+
+class Prebuilt:
+    """A backbone built before its run (the pre-flight check builds it to check its weights), handed to that run
+    with the CPU random state its build left: the run takes it instead of building its own, and draws its head
+    and everything after from the same random numbers as if it had built it, so its result is the same to the
+    last bit (tests/test_runner.py). A run seeds torch with its seed and then builds its backbone before it
+    draws anything else (training.loop.fit): `prebuild` does the same under that seed."""
+
+    def __init__(self, arch: str, weights: str, seed: int):
+        self.key = (arch, weights, seed)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(seed)
+            self.net: nn.Module | None = build_backbone(weights, arch)
+            self.rng_after = torch.get_rng_state()
+
+    def take(self) -> nn.Module:
+        """The backbone (once), and torch's CPU random state set to what building it left."""
+        if self.net is None:
+            raise RuntimeError(f"the prebuilt backbone {self.key} was taken already")
+        net, self.net = self.net, None
+        torch.set_rng_state(self.rng_after)
+        return net
 
 
 def feature_width(backbone: nn.Module) -> int:

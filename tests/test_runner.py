@@ -224,3 +224,69 @@ def test_recorded_validation_accuracy_is_the_tested_epochs(write_study, tmp_path
     history = pd.read_csv(d / "history.csv")
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["best_epoch"] == 3 and metrics["best_val_acc"] == pytest.approx(history.val_acc.iloc[-1])
+
+
+def test_the_backbone_built_to_check_the_weights_is_taken_by_the_first_run_and_changes_no_result(
+    write_study, tmp_path, monkeypatch
+):
+    """The pre-flight check builds each pretrained backbone once; the first run of those weights takes it instead
+    of building its own, and its result is the same to the last bit as a run that builds it (the random numbers
+    its head and training draw are those a build would have left)."""
+    from bench import data, models
+    from bench.config import RunConfig
+    from bench.models import Prebuilt
+    from bench.training.loop import fit
+    from tests.test_models import saved_resnet50
+
+    weights = tmp_path / "r18.pth"
+    saved_resnet50(weights, arch="resnet18")
+    spec = {**TINY, "model": {**TINY["model"], "arch": "resnet18", "weights": f"file:{weights}", "freeze": "stem"}}
+    built = []
+    real = models.build_backbone
+    monkeypatch.setattr(models, "build_backbone", lambda *a: built.append(a) or real(*a))
+    assert main(["run", str(study(write_study, defaults=spec, seeds=[0, 1])), "--results", str(tmp_path / "r")]) == 0
+    assert [w for w, _ in built].count(f"file:{weights}") == 2  # the check's (seed 0, taken by run 0), run 1's: not 3
+
+    cfg = RunConfig(**spec)
+    ds, cpu = data.load(cfg.data), torch.device("cpu")
+    torch.manual_seed(123)  # whatever state the caller left: the prebuilt run must not depend on it
+    prebuilt = Prebuilt(cfg.model.arch, cfg.model.weights, cfg.seed)
+    after = torch.rand(3)
+    took, built_anew = fit(cfg, ds, cpu, prebuilt=prebuilt), fit(cfg, ds, cpu)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after)  # building it ahead left the caller's random state alone
+    timing = ("seconds", "train_images_per_sec")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in took.history] == [
+        {k: v for k, v in row.items() if k not in timing} for row in built_anew.history
+    ]
+    assert (took.test_logits == built_anew.test_logits).all()
+    with pytest.raises(RuntimeError, match="taken already"):
+        prebuilt.take()
+    with pytest.raises(ValueError, match="prebuilt for"):
+        fit(cfg.model_copy(update={"seed": 1}), ds, cpu, prebuilt=Prebuilt(cfg.model.arch, cfg.model.weights, 0))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "cifar_resnet20"])
+def test_a_prebuilt_backbone_leaves_the_random_state_a_build_leaves(tmp_path, monkeypatch, arch):
+    """For the libraries' own weights too (torchvision's from the hub cache): the state after taking a prebuilt
+    backbone is the state after seeding and building it, and the weights are the same."""
+    import torchvision
+
+    from bench.models import Prebuilt, build_backbone
+    from bench.pretrained import hub_file
+    from tests.test_models import saved_resnet50
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    if arch == "resnet18":
+        weights = "torchvision:IMAGENET1K_V1"
+        saved_resnet50(hub_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url), arch="resnet18")
+    else:
+        weights = "none"  # a CIFAR network has no library weights; its random init is what is drawn
+    prebuilt = Prebuilt(arch, weights, 7)
+    torch.manual_seed(0)
+    net = prebuilt.take()
+    after_take = torch.rand(5)
+    torch.manual_seed(7)
+    again = build_backbone(weights, arch)
+    assert torch.equal(torch.rand(5), after_take)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))

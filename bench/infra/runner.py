@@ -22,12 +22,13 @@ import pandas as pd
 import torch
 
 from bench import data as data_mod
+from bench.config import RunConfig
 from bench.infra import identity, record
 from bench.infra.files import atomic_save, sweep_cache
 from bench.infra.hashing import cpu_info, library_versions
 from bench.infra.record import RunMetrics
 from bench.infra.store import NO_SPACE, Store
-from bench.models import build_backbone, describe_weights
+from bench.models import Prebuilt, describe_weights
 from bench.study import Study, Variant
 from bench.training.device import device_name, out_of_memory, release_memory
 from bench.training.loop import Diverged, fit
@@ -56,23 +57,33 @@ class Hooks:
 
 
 class Inputs:
-    """Data sets loaded and weights checked in this process, kept across its runs."""
+    """Data sets loaded and weights checked in this process, kept across its runs; the backbones built to check
+    the weights, each kept for the first run that uses them (models.Prebuilt)."""
 
     def __init__(self):
         self.datasets: dict = {}
         self.weights_checked: set[tuple[str, str]] = set()
+        self.backbones: dict[tuple[str, str, int], Prebuilt] = {}
 
     def dataset(self, cfg) -> data_mod.Dataset:
         if cfg not in self.datasets:
             self.datasets[cfg] = data_mod.load(cfg)
         return self.datasets[cfg]
 
+    def prebuilt(self, cfg: RunConfig) -> Prebuilt | None:
+        """The backbone built for this run's architecture, weights and seed, once; None when there is none."""
+        return self.backbones.pop((cfg.model.arch, cfg.model.weights, cfg.seed), None)
+
     def preflight(self, variants: list[Variant]) -> None:
         """Fail before any training if weights or data are missing (WeightsError / DataError)."""
-        for arch, weights in dict.fromkeys((v.config.model.arch, v.config.model.weights) for v in variants):
-            if weights != "none" and (arch, weights) not in self.weights_checked:
-                build_backbone(weights, arch)  # a missing, truncated or mismatched file fails here, not mid-grid
-                self.weights_checked.add((arch, weights))
+        for v in variants:
+            m = v.config.model
+            if m.weights != "none" and (m.arch, m.weights) not in self.weights_checked:
+                # a missing, truncated or mismatched file fails here, not mid-grid; the first run of these weights
+                # takes the backbone built to check them instead of building it again
+                built = Prebuilt(m.arch, m.weights, v.config.seed)
+                self.backbones[built.key] = built
+                self.weights_checked.add((m.arch, m.weights))
         for cfg in dict.fromkeys(v.config.data for v in variants):
             self.dataset(cfg)
 
@@ -146,6 +157,7 @@ def drive(
 
     if todo:
         executor.run(study, todo, store, inputs, hooks, done)
+    inputs.backbones.clear()  # those no run here took (a Ray worker builds its own): not held any longer
     # Runs another bench process was training: wait for it to let go, then take what it left.
     busy = [v for v in todo if id(v) not in finished]
     for v in busy:
@@ -262,6 +274,7 @@ def _train_and_record(
         feature_cache=feature_cache,
         progress=progress,
         on_epoch=on_epoch,
+        prebuilt=inputs.prebuilt(v.config),
     )
     probs = torch.softmax(torch.from_numpy(outcome.test_logits), 1).numpy()
     preds = probs.argmax(1)

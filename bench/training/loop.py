@@ -22,7 +22,7 @@ from bench.config import RunConfig, TrainConfig, features_cacheable, prefix_cach
 from bench.data import Dataset, cache_root
 from bench.infra.files import atomic_save
 from bench.infra.record import HistoryRow
-from bench.models import build_model
+from bench.models import Prebuilt, build_model
 from bench.training import features, layout, prefix, probes, recipes, transforms
 from bench.training.device import (
     EvalBatch,
@@ -128,16 +128,20 @@ def fit(
     cache_dir: Path | None = None,
     progress=None,
     on_epoch: Callable[[list[dict]], None] | None = None,
+    prebuilt: Prebuilt | None = None,
 ) -> Outcome:
     """Train one run and evaluate the test set once, with the weights chosen on validation.
 
     `cache_dir` holds the frozen-backbone features (default: bench's cache folder); `on_epoch`
-    hears the history after every epoch (the store writes it, the CLI logs it)."""
+    hears the history after every epoch (the store writes it, the CLI logs it); `prebuilt`: this run's backbone,
+    built already under its seed (models.Prebuilt)."""
     seed_everything(cfg.seed)
     tc = cfg.train
     setup(device)
     dtype = autocast_dtype(tc, device)
-    model = build_model(cfg.model, len(data.classes)).to(device)
+    if prebuilt is not None and prebuilt.key != (cfg.model.arch, cfg.model.weights, cfg.seed):
+        raise ValueError(f"a backbone prebuilt for {prebuilt.key} handed to a run of {cfg.model.arch}, seed {cfg.seed}")
+    model = build_model(cfg.model, len(data.classes), prebuilt).to(device)
     fmt = layout.choose(model, cfg, device, dtype)  # timed on this machine once, then remembered
     model = to_format(model, fmt)
     run = FitContext(
