@@ -1,4 +1,5 @@
 import hashlib
+import json
 import pickle
 import shutil
 import tarfile
@@ -309,3 +310,64 @@ def test_the_fast_archive_reader_leaves_links_and_damage_to_tarfile(tmp_path):
         assert archive._read_ustar(tmp_path / name, lambda m, s: True) is None
         with pytest.raises(data.DataError, match=f"cannot read .*{name}"):
             archive._read(tmp_path / name, lambda m, s: True)
+
+
+def test_image_folders_take_torchvision_s_image_extensions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from bench.data import folder
+
+    assert folder.IMG_EXTENSIONS == IMG_EXTENSIONS
+
+
+def test_a_study_s_images_are_read_in_another_process_without_torch_and_then_not_again(tmp_path, monkeypatch):
+    """bench run reads an image folder's .tar.gz in another process while it imports torch: that process imports
+    no torch and leaves the listing and the decoded images in the cache, so data.load reads no archive; the
+    data set is the one a load without it gives."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.data import archive, background
+    from tests.test_identity import image_folder
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "tree" / "cifar", n=30)
+    path = tmp_path / "cifar.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname="cifar")
+    cfg = DataConfig(source="folder", path=str(path), val_size=6, limit_train=10, limit_test=10)
+    spec = json.dumps([cfg.model_dump(mode="json")])
+    code = (
+        f"import sys; from bench.data import background as b; r = b.main([{spec!r}]); "
+        "assert 'torch' not in sys.modules; sys.exit(r)"
+    )
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path / "other cache")}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    assert list((tmp_path / "other cache" / "listings").glob("*.json"))
+
+    background.start([cfg, cfg.model_copy(update={"source": "digits", "path": None})])  # only the folder is read
+    assert list(background._running) == [cfg]
+    reads = []
+    monkeypatch.setattr(archive, "_read", lambda *a: reads.append(a))
+    got = data.load(cfg)
+    assert not background._running and reads == []  # waited for, and found everything cached
+    monkeypatch.undo()
+    shutil.rmtree(tmp_path / "cache")
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    fresh = data.load(cfg)
+    assert all(torch.equal(getattr(got, s).x, getattr(fresh, s).x) for s in ("train", "val", "test"))
+    assert got.fingerprint == fresh.fingerprint
+
+
+def test_a_background_read_that_fails_leaves_the_error_to_data_load(tmp_path, monkeypatch):
+    from bench.data import background
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b truncated")
+    cfg = DataConfig(source="folder", path=str(tmp_path / "broken.tar.gz"), val_size=6)
+    background.start([cfg])
+    process = background._running[cfg]
+    with pytest.raises(data.DataError, match=r"cannot read .*broken.tar.gz as a .tar.gz"):
+        data.load(cfg)
+    assert process.returncode == 1

@@ -173,8 +173,8 @@ def test_a_run_whose_evaluation_runs_out_of_memory_finishes_with_the_same_result
     plain = train.fit(cfg, ds, CPU, feature_cache=False)
     real = train.build_model
 
-    def build(model_cfg, classes):
-        m = real(model_cfg, classes)
+    def build(model_cfg, classes, prebuilt=None):
+        m = real(model_cfg, classes, prebuilt)
         m.head = FitsUpTo(10, m.head)  # the real head, failing on eval batches of more than 10
         return m
 

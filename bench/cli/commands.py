@@ -121,12 +121,16 @@ def executor(args, device):
 
 
 def cmd_run(args) -> int:
+    from bench.data import background
+
+    study, variants = load(args)
+    if not args.dry_run:  # the image folders are read in another process while this one imports torch
+        background.start([v.config.data for v in variants])
     from bench.api import train
     from bench.infra.files import cache_root, check_writable
     from bench.infra.store import Store
     from bench.infra.trackers import trackers
 
-    study, variants = load(args)
     device = pick_device(args.device)
     store = Store(args.results)
     check_writable(store.root / "studies", f"{study.name}.json", "the results store (--results)")

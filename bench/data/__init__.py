@@ -104,33 +104,12 @@ def _digits_digest() -> str:
 
 def load(cfg: DataConfig) -> Dataset:
     """Read the source, take the validation split (official, or carved from train), apply the limits."""
-    # torch and scikit-learn are imported here, not above: the configuration reads data.catalog, and
-    # importing it runs this file, so at the top they would slow every `import bench.config` by seconds
-    import torch
+    import torch  # here, not above: importing bench.config runs this file, and `bench --help` imports no torch
 
-    from bench.data import official, sources
+    from bench.data import background
 
-    official.fetch(cfg)  # an official set downloaded where missing and allowed, before it is fingerprinted
-    content = data_fingerprint(cfg)
-    raw = sources.read(cfg, content)
-    (x_train, y_train), (x_test, y_test) = raw.train, raw.test
-    _check_sizes(cfg, y_train, y_test, raw.classes, official_val=raw.val is not None)
-    if raw.val is None:  # the split depends on split_seed only: every variant and seed selects on the same images
-        from sklearn.model_selection import train_test_split  # here: a first run imports it while reading images
-
-        idx_train, idx_val = train_test_split(
-            np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
-        )
-        x_val, y_val = x_train, y_train
-    else:
-        idx_train, (x_val, y_val) = np.arange(len(y_train)), raw.val
-        idx_val = np.arange(len(y_val))
-    n_train = cfg.limit_train if cfg.train_fraction is None else round(cfg.train_fraction * len(idx_train))
-    idx_train = nested_subset(idx_train, y_train, n_train, cfg.split_seed)
-    idx_test = nested_subset(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
-    if raw.fetch:  # decoded now, and only the images the splits use (a 3,000-image study of 60,000 reads 3,000)
-        used = np.concatenate([idx_train, idx_val]) if raw.val is None else idx_train
-        raw.fetch({"train": np.sort(used), "test": np.sort(idx_test)})
+    background.wait(cfg)  # another process may be reading these images for this one (bench run starts it)
+    p = prepare(cfg)
 
     def split(x, y, idx):
         idx = np.sort(idx)
@@ -139,20 +118,62 @@ def load(cfg: DataConfig) -> Dataset:
             torch.from_numpy(y[idx].astype(np.int64)),
         )
 
+    return Dataset(
+        split(*p.raw.train, p.train),
+        split(*p.val, p.val_index),
+        split(*p.raw.test, p.test),
+        p.raw.classes,
+        p.raw.description,
+        p.fingerprint,
+    )
+
+
+@dataclass
+class Prepared:
+    """A data set read, split and decoded, before it becomes tensors: what `prepare` gives `load`."""
+
+    raw: Raw
+    val: tuple  # the images and labels the validation indices point into: train's, or the official val split
+    train: np.ndarray  # indices into raw.train
+    val_index: np.ndarray
+    test: np.ndarray  # indices into raw.test
+    fingerprint: str
+
+
+def prepare(cfg: DataConfig) -> Prepared:
+    """Everything `load` does without torch: read the source, split and subset it, decode the images the splits
+    use (into the decode cache). bench.data.background runs it in another process while this one imports torch."""
+    from bench.data import official, sources
+
+    official.fetch(cfg)  # an official set downloaded where missing and allowed, before it is fingerprinted
+    content = data_fingerprint(cfg)
+    raw = sources.read(cfg, content)
+    (x_train, y_train), y_test = raw.train, raw.test[1]
+    _check_sizes(cfg, y_train, y_test, raw.classes, official_val=raw.val is not None)
+    if raw.val is None:  # the split depends on split_seed only: every variant and seed selects on the same images
+        from sklearn.model_selection import train_test_split  # here: a first run imports it while reading images
+
+        idx_train, idx_val = train_test_split(
+            np.arange(len(y_train)), test_size=cfg.val_size, stratify=y_train, random_state=cfg.split_seed
+        )
+        val = (x_train, y_train)
+    else:
+        idx_train, val = np.arange(len(y_train)), raw.val
+        idx_val = np.arange(len(val[1]))
+    n_train = cfg.limit_train if cfg.train_fraction is None else round(cfg.train_fraction * len(idx_train))
+    idx_train = nested_subset(idx_train, y_train, n_train, cfg.split_seed)
+    idx_test = nested_subset(np.arange(len(y_test)), y_test, cfg.limit_test, cfg.split_seed)
+    if raw.fetch:  # decoded now, and only the images the splits use (a 3,000-image study of 60,000 reads 3,000)
+        used = np.concatenate([idx_train, idx_val]) if raw.val is None else idx_train
+        raw.fetch({"train": np.sort(used), "test": np.sort(idx_test)})
+
     settings = {k: getattr(cfg, k) for k in ("val_size", "split_seed", "limit_train", "limit_test")}
     if cfg.limit_train is not None or cfg.limit_test is not None or cfg.train_fraction is not None:
         settings.update(train_fraction=cfg.train_fraction, subset=SUBSET_METHOD)
     if cfg.image_size is not None:
         settings["image_size"] = cfg.image_size
     fingerprint = hashlib.sha256(json.dumps([content, settings], sort_keys=True).encode()).hexdigest()[:16]
-    return Dataset(
-        split(x_train, y_train, idx_train),
-        split(x_val, y_val, idx_val),
-        split(x_test, y_test, idx_test),
-        raw.classes,
-        raw.description,
-        fingerprint,
-    )
+    return Prepared(raw, val, idx_train, idx_val, idx_test, fingerprint)
 
 
 def _check_sizes(cfg: DataConfig, y_train: np.ndarray, y_test: np.ndarray, classes: list, official_val: bool) -> None:

@@ -23,6 +23,11 @@ from bench.data import DataError, Raw, archive
 from bench.infra.files import atomic_save, cache_root
 from bench.infra.hashing import bench_version, remembered, stat_key
 
+# The files an image folder's reader takes: torchvision's ImageFolder's IMG_EXTENSIONS, written out so that reading
+# a folder imports no torch (bench.data.background reads one while torch is imported; tests/test_data.py checks
+# the two agree).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
 # The most pixels one image may have: Pillow's own warning threshold (about 89 million, 0.27 GB as RGB), far
 # above any image a benchmark trains on, so a crafted or mistaken huge file is refused by name, not decoded.
 MAX_PIXELS = 89_478_485
@@ -32,8 +37,6 @@ def read_folder(path: Path, content: str, side: int | None = None) -> Raw:
     """An image-folder tree or its .tar.gz (read in place, archive.py): labels now, pixels when `fetch` is told
     which images the study uses. `side`: data.image_size, every image resized and centre-cropped to side x side
     (None: as they are)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     read = {}  # the archive's image bytes, when listing it read them
     if path.is_dir():
         listings = {part: samples(_split_dir(path, part)) for part in archive.SPLITS}
@@ -177,8 +180,6 @@ def tree_sha256(root: Path) -> str:
 
 def listing_file(content: str) -> Path:
     """Where an archive's listing is remembered: named by its content and the code that lists it."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     key = hashlib.sha256(f"{content}|{IMG_EXTENSIONS}|{bench_version()}".encode()).hexdigest()[:16]
     return cache_root() / "listings" / f"{key}.json"
 
@@ -211,8 +212,6 @@ def square(image, side: int):
 def samples(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """(classes, [(image file, class index)]) of one split, from the files `tree_entries` lists (no
     links, no hidden names: the fingerprint's rule), in torchvision's ImageFolder order."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     entries = tree_entries(split_dir)
     classes = sorted(p.name for p in entries if p.parent == split_dir and p.is_dir())
     index = {c: i for i, c in enumerate(classes)}
