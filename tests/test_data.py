@@ -189,11 +189,8 @@ def test_a_tar_gz_read_in_place_gives_the_tree_s_images_and_decodes_only_those_u
     assert all(name.startswith("cifar/") for name in subset["train"])
 
 
-def test_a_tar_gz_is_read_once_on_a_first_run_and_its_listing_remembered(tmp_path, monkeypatch):
-    """A first load lists the archive and keeps the images' bytes in the same pass (no second read); a later
-    load takes the listing from the cache, named by the archive's content; a damaged listing is made again;
-    an archive too big to keep is read a second time for the images used only."""
-    from bench.data import archive, folder
+def archived_folder(tmp_path, monkeypatch) -> DataConfig:
+    """A 3-class image folder packed as cifar.tar.gz (one top folder), a fresh cache, and a small study's data."""
     from tests.test_identity import image_folder
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
@@ -201,7 +198,16 @@ def test_a_tar_gz_is_read_once_on_a_first_run_and_its_listing_remembered(tmp_pat
     path = tmp_path / "cifar.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         tar.add(root, arcname="cifar")
-    cfg = DataConfig(source="folder", path=str(path), val_size=6, limit_train=10, limit_test=10)
+    return DataConfig(source="folder", path=str(path), val_size=6, limit_train=10, limit_test=10)
+
+
+def test_a_tar_gz_is_read_once_on_a_first_run_and_its_listing_remembered(tmp_path, monkeypatch):
+    """A first load lists the archive and keeps the images' bytes in the same pass (no second read); a later
+    load takes the listing from the cache, named by the archive's content; a damaged listing is made again;
+    an archive too big to keep is read a second time for the images used only."""
+    from bench.data import archive, folder
+
+    cfg = archived_folder(tmp_path, monkeypatch)
     scans, reads = [], []
     scan, read = archive._scan, archive.read_members
     monkeypatch.setattr(archive, "_scan", lambda *a: scans.append(a) or scan(*a))
@@ -329,14 +335,8 @@ def test_a_study_s_images_are_read_in_another_process_without_torch_and_then_not
     import sys
 
     from bench.data import archive, background
-    from tests.test_identity import image_folder
 
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    root = image_folder(tmp_path / "tree" / "cifar", n=30)
-    path = tmp_path / "cifar.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(root, arcname="cifar")
-    cfg = DataConfig(source="folder", path=str(path), val_size=6, limit_train=10, limit_test=10)
+    cfg = archived_folder(tmp_path, monkeypatch)
     spec = json.dumps([cfg.model_dump(mode="json")])
     code = (
         f"import sys; from bench.data import background as b; r = b.main([{spec!r}]); "
