@@ -2,7 +2,8 @@
 
 For each variant's network, on synthetic tensors (the data pipeline left out): one forward pass (eval mode, no
 gradients: the frozen-feature pass and evaluation) and one training step (forward, backward, optimizer step),
-each in torch's default layout and in channels_last; then the optimizer step alone in torch's three
+each in torch's default layout and in channels_last (the forward pass also with its BatchNorms folded into the
+convolutions, as a frozen backbone's feature pass runs); then the optimizer step alone in torch's three
 implementations (for-loop, foreach, fused). Every pass is also given in GFLOP/s and as a share of the machine's
 own float32 matmul throughput, the nearest thing to its peak that torch reaches, so a table says how close to
 the hardware each path runs. `picked` marks what a run chooses: the memory format training.layout timed (or
@@ -70,8 +71,11 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = RE
     x = torch.randn(bs, 3, r, r, device=device)
     inputs = {name: to_format(x, fmt) if device.type == "cuda" else x for name, fmt in zip(models, FORMATS)}  # as fed
     forward = {name: forward_call(m, inputs[name], device, dtype) for name, m in models.items()}
+    # a frozen backbone's pass runs with its BatchNorms folded into the convolutions (layout.folded)
+    for name, m in models.items():
+        forward[f"{name}, {FOLDED}"] = forward_call(layout.folded(m), inputs[name], device, dtype)
     for name, s in interleaved(forward, device, repeats).items():
-        rows.append(row("forward", name, s, 2 * macs * bs, name == format_name(picked_fmt["forward"])))
+        rows.append(row("forward", name, s, 2 * macs * bs, name == f"{format_name(picked_fmt['forward'])}, {FOLDED}"))
     steps = {
         (name, impl): step_call(m, inputs[name], optimizer(v, m, IMPLS[impl]), device, dtype)
         for name, m in models.items()
@@ -93,6 +97,7 @@ def kernel_rows(v: Variant, device: torch.device, peak: float, repeats: int = RE
     return rows
 
 
+FOLDED = "BatchNorm folded"
 # torch's optimizer implementations, as its constructors are told them
 IMPLS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 # per pass, what torch does when told nothing: the reference the picked choice is measured against

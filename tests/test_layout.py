@@ -122,3 +122,45 @@ def test_a_run_uses_and_records_the_layout_its_timing_chose(timings):
         out = train.fit(frozen, ds, CPU)
         states.append((out.memory_format, out.feature_cache.value))
     assert states == [("channels_last", "computed"), ("contiguous", "computed")]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "cifar_resnet20", "timm:resnet18"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_a_frozen_pass_runs_with_its_batchnorms_folded_and_computes_the_same(arch, fmt):
+    """layout.folded: no BatchNorm left, the same outputs to float rounding (with BatchNorm statistics far from
+    their defaults, as pretrained weights have), the network's layout kept, the network itself untouched."""
+    from bench.models import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("none", arch)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.2, 3)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    net = net.to(memory_format=fmt)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = layout.folded(net)
+    assert fast is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert layout.format_of(fast) == layout.format_of(net)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        want, got = net.eval()(x), fast(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_a_network_fx_cannot_trace_runs_unfolded():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: symbolic tracing refuses it
+                return self.bn(self.conv(x))
+            return self.conv(x)
+
+    net = Branchy()
+    assert layout.folded(net) is net and not net.training

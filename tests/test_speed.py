@@ -156,7 +156,11 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     table = pd.read_csv(tmp_path / "k" / "kernels.csv")
     assert table.groupby(["variant", "pass"]).picked.sum().eq(1).all()  # one choice picked per pass
     picked = table[table.picked].set_index(["variant", "pass"]).choice
-    assert picked["small", "forward"] == "contiguous" and picked["big", "forward"] == "channels_last"
+    folded = ", BatchNorm folded"  # a frozen pass runs folded: the picked forward row is the folded one
+    assert picked["small", "forward"] == "contiguous" + folded and picked["big", "forward"] == "channels_last" + folded
+    assert set(table[table["pass"] == "forward"].choice) == {
+        f"{f}{x}" for f in ("contiguous", "channels_last") for x in ("", folded)
+    }
     assert (
         picked["small", "train step"] == "contiguous, fused" and picked["big", "train step"] == "channels_last, fused"
     )

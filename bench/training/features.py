@@ -38,6 +38,7 @@ def cache_key(
         "data": data.fingerprint,
         "dtype": str(dtype),
         "layout": fmt,
+        "batchnorm": "as is" if prefix else "folded",  # into the convolutions (layout.folded): float rounding
         "code": identity.code_versions(),  # a fix in bench, torch, torchvision or timm computes them anew
     }
     if cfg.model.weights == "none":  # a random backbone depends on the seed that drew it
@@ -120,10 +121,14 @@ def split_features(
     # a frozen prefix's outputs (large) are kept as computed (bf16 under bf16 autocast: half the memory of
     # fp32, the same values; bench.training.prefix.Rest upcasts each batch); pooled features as float32
     out_dtype = None if prefix else torch.float32
+    # a whole frozen backbone runs with its BatchNorms folded (constant affine maps); a frozen prefix does not: the
+    # stages after it train on its outputs, as they would on the prefix inside the whole network
+    net = backbone if prefix else layout.folded(backbone)
     feats = {
-        s: predict(backbone, getattr(data, s).x, transform, batch_size, device, dtype, advance, out_dtype)
+        s: predict(net, getattr(data, s).x, transform, batch_size, device, dtype, advance, out_dtype)
         for s in ("train", "val", "test")
     }
+    del net
     nbytes = sum(f.numel() * f.element_size() for f in feats.values())
     if not prefix or bench_prefix.keep_on_disk(path, nbytes):
         atomic_save(path, lambda f: torch.save({k: v.cpu() for k, v in feats.items()}, f))
