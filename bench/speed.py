@@ -215,8 +215,17 @@ def check_targets(table: pd.DataFrame, targets: list[Target]) -> list[tuple[str,
             continue
         vals = rows[t.column].dropna()
         ok = bool(COMPARISONS[t.op](vals, t.bound).all())
-        out.append((t.what, ", ".join(f"{x:.3g}" for x in vals), ok))
+        out.append((t.what, ", ".join(against(x, t.bound) for x in vals), ok))
     return out
+
+
+def against(x: float, bound: float) -> str:
+    """`x` to three significant digits, or as many more as it takes not to print the bound it missed or met by
+    less than the rounding (1.2985 against a bound of 1.3 reads 1.299, not 1.3)."""
+    digits = 3
+    while digits < 8 and x != bound and float(f"{x:.{digits}g}") == bound:
+        digits += 1
+    return f"{x:.{digits}g}"
 
 
 def workers_speed(study, variants: list[Variant], workers: int, device: torch.device) -> pd.DataFrame:

@@ -58,6 +58,18 @@ def test_targets_are_judged_on_the_rows_they_apply_to():
     assert judged[1][1] == "1.3" and judged[3][1] == "2.5"  # the measured values are reported beside the verdict
 
 
+def test_a_measured_value_never_prints_as_the_bound_it_missed():
+    """1.2985 against '>= 1.3' is a miss and must not read '1.3 | NO'; values away from the bound keep 3 digits."""
+    table = pd.DataFrame([{"x": 1740 / 1340, "y": 1.2996, "z": 1.3, "w": 1.14}])
+    targets = [Target(column=c, op=">=", bound=1.3, what=c) for c in ("x", "y", "z", "w")]
+    assert check_targets(table, targets) == [
+        ("x", "1.299", False),
+        ("y", "1.2996", False),
+        ("z", "1.3", True),
+        ("w", "1.14", False),
+    ]
+
+
 def test_the_speed_studies_carry_their_targets():
     study = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "speed-prefix-cpu.yaml")
     (target,) = study.targets

@@ -160,7 +160,7 @@ def one_pass(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtyp
 def folded(net: torch.nn.Module) -> torch.nn.Module:
     """A copy of `net` (frozen: put in eval mode here) for passes without gradients, each BatchNorm folded into the
     convolution before it (torch.fx's fuse): the same function to float rounding, one pass less over every
-    activation (ResNet-50's forward pass at 224 px 13% faster on the 2-core EPYC here, docs/measured.md), in
+    activation (3-8% faster forward passes for ResNet-50 and ResNet-20 on the 2-core EPYC here, docs/measured.md), in
     `net`'s memory format. `net` itself where there is nothing to fold or FX cannot trace it (some timm models)."""
     from torch.fx.experimental.optimization import fuse
 
