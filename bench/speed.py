@@ -295,7 +295,12 @@ def markdown(table: pd.DataFrame, turned_by: str | None = None) -> str:
 
 
 def write_speed_report(
-    table: pd.DataFrame, out: Path, command: list[str], targets: list[Target], workers: pd.DataFrame | None = None
+    table: pd.DataFrame,
+    out: Path,
+    command: list[str],
+    targets: list[Target],
+    workers: pd.DataFrame | None = None,
+    made_of: str = "",
 ) -> tuple[str, list[tuple[str, str, bool]]]:
     """speed.csv, speed.md (the table and the study's targets, met or not) and workers.csv in `out`; returns the
     markdown table(s) and the targets judged."""
@@ -311,6 +316,8 @@ def write_speed_report(
         f"Device: {table['device'].iloc[0]}; float32 matmul {table['matmul_gflop_s'].iloc[0]:.0f} GFLOP/s. "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
+        made_of,
+        "",
         md,
         "",
         "| target | measured | met |",
@@ -322,7 +329,13 @@ def write_speed_report(
 
 
 def write_kernels_report(
-    table: pd.DataFrame, out: Path, command: list[str], device: str, peak: float, targets: list[Target]
+    table: pd.DataFrame,
+    out: Path,
+    command: list[str],
+    device: str,
+    peak: float,
+    targets: list[Target],
+    weights: str = "",
 ) -> tuple[str, list[tuple[str, str, bool]]]:
     """kernels.csv and kernels.md (the timings, the picked choice's speed-ups, the study's targets judged on
     them) in `out`; returns the markdown and the targets judged."""
@@ -335,10 +348,11 @@ def write_kernels_report(
         f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (2048 x 2048). "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
-        f"Synthetic tensors; each choice warmed up by one call, then the fastest of {REPEATS} samples of at least "
-        f"{MIN_SAMPLE_S} s, the choices interleaved; a training step is counted as 3x "
+        f"{weights} Synthetic tensors (no data read); each choice warmed up by one call, then the fastest of "
+        f"{REPEATS} samples of at least {MIN_SAMPLE_S} s, the choices interleaved; a training step is counted as 3x "
         "the forward pass's FLOPs; `picked` is what a run takes: the memory format training.layout timed (or "
-        "remembered), the optimizer implementation training.device's rule.",
+        "remembered), a frozen forward pass with its BatchNorms folded, the optimizer implementation training.device's "
+        "rule.",
         "",
         md,
         "",

@@ -58,11 +58,16 @@ def main() -> None:
     import torch
 
     from bench.infra.hashing import cpu_info
+    from bench.report.describe import made_of
+    from bench.study import load_study_file, select
 
     ref = rows[2][1]
     lines = [
         f"CPU: {cpu_info()[0]} ({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads). "
         f"Study: {STUDY.relative_to(ROOT)}. Command: `python scripts/first_run_benchmark.py`",
+        "",
+        made_of([v.config for v in select(load_study_file(STUDY), None)])
+        + " 2,000 training, 500 validation and 500 test images at 64 px, 5 epochs.",
         "",
         "| what | whole process, s | notebook / this |",
         "| --- | --- | --- |",

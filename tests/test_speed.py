@@ -88,7 +88,9 @@ def test_bench_speed_writes_its_table(write_study, tmp_path):
     assert main(["speed", str(path), "--out", str(tmp_path / "speed")]) == 0
     table = pd.read_csv(tmp_path / "speed" / "speed.csv")
     assert list(table.variant) == ["baseline"] and table.uncached_over_cached.iloc[0] > 0
-    assert "| target | measured | met |" in (tmp_path / "speed" / "speed.md").read_text()
+    page = (tmp_path / "speed" / "speed.md").read_text()
+    assert "| target | measured | met |" in page
+    assert "Weights: random init (no pretraining). Data: sklearn digits." in page  # what made the figures
 
 
 def test_speed_pages_show_figures_a_reader_takes_in_at_a_glance():
@@ -181,3 +183,4 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     assert (table.ms > 0).all() and (table.ms * calls / 1000).sum() <= elapsed
     md = (tmp_path / "k" / "kernels.md").read_text()
     assert "float32 matmul" in md and "| always met |" in md and "picked_over_default" in md
+    assert "Weights: random init (no pretraining). Synthetic tensors (no data read)" in md

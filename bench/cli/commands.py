@@ -174,16 +174,18 @@ def dry_run(study, variants, store, retry_failed: bool) -> int:
 
 
 def cmd_speed(args) -> int:
+    from bench.report.describe import made_of
     from bench.speed import run_speed, write_speed_report
 
     study, variants = load(args)
+    made = made_of([v.config for v in variants], data=not args.kernels)
     device = pick_device(args.device)
     console.doing("benchmarking", "nothing was written")
     if args.kernels:
-        return speed_kernels(args, study, variants, device)
+        return speed_kernels(args, study, variants, device, made)
     with console.progress(transient=True) as progress:
         # written after each variant: a run cut short (a time limit, an out-of-memory) keeps the rows it has
-        on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:], study.targets)  # noqa: E731
+        on_row = lambda t: write_speed_report(t, args.out, sys.argv[1:], study.targets, made_of=made)  # noqa: E731
         table = run_speed(variants, device, progress=console.RunBars(progress), on_row=on_row)
     workers = None
     if args.workers > 1:
@@ -191,7 +193,7 @@ def cmd_speed(args) -> int:
 
         console.err.print(f"the same {len(variants)} runs with 1 worker, then {args.workers} workers ...")
         workers = workers_speed(study, variants, args.workers, device)
-    md, targets = write_speed_report(table, args.out, sys.argv[1:], study.targets, workers)
+    md, targets = write_speed_report(table, args.out, sys.argv[1:], study.targets, workers, made)
     return print_speed(md, targets, [args.out / "speed.csv", args.out / "speed.md"])
 
 
@@ -207,7 +209,7 @@ def print_speed(md: str, targets: list[tuple[str, str, bool]], written: list[Pat
     return EXIT_OK
 
 
-def speed_kernels(args, study, variants, device) -> int:
+def speed_kernels(args, study, variants, device, weights: str) -> int:
     """bench speed --kernels: memory formats and optimizer implementations, timed on synthetic tensors."""
     from bench.kernels import kernels_table, matmul_gflops
     from bench.speed import write_kernels_report
@@ -216,7 +218,7 @@ def speed_kernels(args, study, variants, device) -> int:
     console.err.print("timing float32 matmul, then each variant's network in both memory formats ...")
     peak = matmul_gflops(device)
     table = kernels_table(variants, device, peak)
-    md, targets = write_kernels_report(table, args.out, sys.argv[1:], device_name(device), peak, study.targets)
+    md, targets = write_kernels_report(table, args.out, sys.argv[1:], device_name(device), peak, study.targets, weights)
     return print_speed(md, targets, [args.out / "kernels.csv", args.out / "kernels.md"])
 
 

@@ -223,12 +223,27 @@ def candidates(run: Run) -> str:
 
 def data_title(run: Run) -> str:
     """The data set's title (data/catalog.py), or for other sources what the run recorded about its images."""
-    source = (run.config or {}).get("data", {}).get("source")
+    return source_title((run.config or {}).get("data", {})) or run.metrics.dataset
+
+
+def source_title(data: dict) -> str | None:
+    """A data configuration's images in words: the set's title, 'image folder NAME', 'sklearn digits'."""
+    source = data.get("source")
     if source in OFFICIAL:
         return OFFICIAL[source].title
-    if source == "folder" and (path := (run.config or {}).get("data", {}).get("path")):
+    if source == "folder" and (path := data.get("path")):
         return f"image folder {PurePath(path).name}"  # the name, not where it lay on the machine that ran it
-    return "sklearn digits" if source == "digits" else run.metrics.dataset
+    return "sklearn digits" if source == "digits" else None
+
+
+def made_of(configs: list, data: bool = True) -> str:
+    """'Weights: random init (no pretraining). Data: image folder cifar10-jpeg.tar.gz.' for runs' RunConfigs (a
+    benchmark page's line; `data`=False: the weights only, for one that reads no data)."""
+    from bench.models import describe_weights
+
+    weights = " / ".join(dict.fromkeys(describe_weights(c.model.weights) for c in configs))
+    sources = " / ".join(dict.fromkeys(source_title(c.data.model_dump(mode="json")) or c.data.source for c in configs))
+    return f"Weights: {weights}." + (f" Data: {sources}." if data else "")
 
 
 def made_with(study: StudyRuns, variants: list[str] | None = None) -> str:
