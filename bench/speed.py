@@ -12,15 +12,12 @@ forward + backward + optimizer step), so the data pipeline's cost shows as the g
 
 from __future__ import annotations
 
-import math
-import numbers
 import operator
 import shlex
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -28,6 +25,9 @@ from bench import data as data_mod
 from bench.config import features_cacheable
 from bench.kernels import BACKWARD_COST, REPEATS, matmul_gflops, speedups, step_seconds
 from bench.models import build_model
+from bench.report.canvas import save
+from bench.report.format import cell
+from bench.report.speed_plots import cache_figure, kernels_figure
 from bench.study import Target, Variant
 from bench.training import features, layout, transforms
 from bench.training import loop as train
@@ -259,20 +259,6 @@ def workers_speed(study, variants: list[Variant], workers: int, device: torch.de
     return table
 
 
-def cell(x) -> str:
-    """A figure as a reader takes it in at a glance: three significant digits, never an exponent (1,600, not
-    1.6e+03), thousands separated; blank where a row has none."""
-    if x is None or isinstance(x, str):
-        return x or ""
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, numbers.Integral):
-        return f"{x:,}"
-    if math.isnan(x):
-        return ""
-    return f"{float(f'{x:.3g}'):,.12g}" if math.isfinite(x) else str(x)
-
-
 def markdown(table: pd.DataFrame, turned_by: str | None = None) -> str:
     """`table` as a markdown table of `cell`s, numbers right-aligned. `turned_by`: one column per value of that
     column and one row per measure (a few runs of thirty measures read down, not across)."""
@@ -308,6 +294,10 @@ def write_speed_report(
     table.to_csv(out / "speed.csv", index=False, float_format="%.4g")
     targets = check_targets(table, targets)
     md = markdown(table.drop(columns=["device", "matmul_gflop_s"]), turned_by="variant")
+    figure = []
+    if (fig := cache_figure(table, table["device"].iloc[0], made_of)) is not None:
+        save(fig, out / "speed", {"md"})
+        figure = ["![feature cache against the backbone every epoch](speed.png)", "", CACHE_CAPTION, ""]
     if workers is not None:
         workers.to_csv(out / "workers.csv", index=False, float_format="%.4g")
         md += "\n\nThe same runs as a study, one worker against several (cold feature caches each time):\n\n"
@@ -318,6 +308,7 @@ def write_speed_report(
         "",
         made_of,
         "",
+        *figure,
         md,
         "",
         "| target | measured | met |",
@@ -326,6 +317,18 @@ def write_speed_report(
     lines += [f"| {w} | {v} | {'yes' if ok else 'NO'} |" for w, v, ok in targets]
     (out / "speed.md").write_text("\n".join(lines) + "\n")
     return md, targets
+
+
+SYNTHETIC = "Synthetic tensors (no data read)."
+KERNELS_CAPTION = (
+    "Each pass's choices as a share of this machine's float32 matmul throughput (the dashed line), the optimizer "
+    "steps in milliseconds; in colour what a run picks. The numbers of the table below."
+)
+CACHE_CAPTION = (
+    "Each frozen variant's wall time with the backbone run every epoch, with the feature cache (the whole run: the "
+    "one feature pass, every head epoch, evaluation; in colour, what bench does) and for one bare forward pass of "
+    "the backbone over the same images. The numbers of the table below."
+)
 
 
 def write_kernels_report(
@@ -344,11 +347,16 @@ def write_kernels_report(
     ups = speedups(table)
     judged = check_targets(ups, targets)
     md = markdown(table) + "\n\n" + markdown(ups)
+    save(kernels_figure(table, device, peak, f"{weights} {SYNTHETIC}".strip()), out / "kernels", {"md"})
     lines = [
         f"Device: {device}; float32 matmul {peak:.0f} GFLOP/s (2048 x 2048). "
         f"Command: `bench {' '.join(map(shlex.quote, command))}`",
         "",
-        f"{weights} Synthetic tensors (no data read); each choice warmed up by one call, then the fastest of "
+        "![each choice's throughput](kernels.png)",
+        "",
+        KERNELS_CAPTION,
+        "",
+        f"{weights} {SYNTHETIC[:-1]}; each choice warmed up by one call, then the fastest of "
         f"{REPEATS} samples of at least {MIN_SAMPLE_S} s, the choices interleaved; a training step is counted as 3x "
         "the forward pass's FLOPs; `picked` is what a run takes: the memory format training.layout timed (or "
         "remembered), a frozen forward pass with its BatchNorms folded, the optimizer implementation training.device's "

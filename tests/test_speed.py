@@ -91,6 +91,7 @@ def test_bench_speed_writes_its_table(write_study, tmp_path):
     page = (tmp_path / "speed" / "speed.md").read_text()
     assert "| target | measured | met |" in page
     assert "Weights: random init (no pretraining). Data: sklearn digits." in page  # what made the figures
+    assert "](speed.png)" in page and (tmp_path / "speed" / "speed.png").stat().st_size > 0
 
 
 def test_speed_pages_show_figures_a_reader_takes_in_at_a_glance():
@@ -184,3 +185,48 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     md = (tmp_path / "k" / "kernels.md").read_text()
     assert "float32 matmul" in md and "| always met |" in md and "picked_over_default" in md
     assert "Weights: random init (no pretraining). Synthetic tensors (no data read)" in md
+    assert "](kernels.png)" in md and (tmp_path / "k" / "kernels.png").stat().st_size > 0
+
+
+def _bars(ax) -> list[tuple[str, float]]:
+    return [(p.get_gid(), p.get_x() + p.get_width()) for p in ax.patches]  # where each bar ends
+
+
+def test_the_kernels_figure_draws_the_table_it_is_drawn_from():
+    from bench.report.speed_plots import kernels_figure
+
+    rows = [
+        ("a", "forward", "contiguous", 100.0, 50.0, False),
+        ("a", "forward", "channels_last", 80.0, 62.5, True),
+        ("a", "train step", "contiguous, for-loop", 300.0, 40.0, False),
+        ("a", "train step", "channels_last, fused", 250.0, 48.0, True),
+        ("a", "adam step", "for-loop", 40.0, np.nan, False),
+        ("a", "adam step", "fused", 8.0, np.nan, True),
+    ]
+    table = pd.DataFrame(rows, columns=["variant", "pass", "choice", "ms", "pct_of_matmul", "picked"])
+    table = table.assign(img_s=32000 / table.ms, gflop_s=table.pct_of_matmul * 2)
+    fig = kernels_figure(table, "CPU (test)", 200.0, "Weights: random init (no pretraining).")
+    passes, steps = fig.axes
+    # one bar per row, as long as the table says, the picked one marked; the optimizer steps on their own axis
+    assert _bars(passes) == [("other", 50.0), ("picked", 62.5), ("other", 40.0), ("picked", 48.0)]
+    assert _bars(steps) == [("other", 40.0), ("picked", 8.0)]
+    assert [t.get_text() for t in passes.texts if t.get_gid() == "heading"] == ["a · forward", "a · train step"]
+    assert [t.get_text() for t in passes.get_yticklabels()] == ["contiguous", "channels_last"] + [
+        "contiguous, for-loop",
+        "channels_last, fused",
+    ]
+    assert [line.get_xdata()[0] for line in passes.lines] == [100]  # the matmul's own throughput
+    assert "Weights: random init" in fig.get_suptitle() and "200 GFLOP/s" in passes.get_xlabel()
+
+
+def test_the_cache_figure_shows_frozen_variants_only():
+    from bench.report.speed_plots import cache_figure
+
+    frozen = {"variant": "lab", "resolution": 224, "uncached_s": 137.0, "wall_s": 32.4, "uncached_over_cached": 4.2413}
+    tuned = {"variant": "tuned", "resolution": 224, "uncached_s": np.nan, "wall_s": 70.0}
+    fig = cache_figure(pd.DataFrame([{**frozen, "forward_pass_s": 31.3}, tuned]), "CPU (test)", "Weights: x.")
+    (ax,) = fig.axes
+    assert _bars(ax) == [("other", 137.0), ("picked", 32.4), ("other", 31.3)]  # what bench does in colour
+    assert "32.4 s (4.24x less than the backbone every epoch)" in [t.get_text() for t in ax.texts]  # the table's
+    assert cache_figure(pd.DataFrame([tuned]), "CPU (test)", "Weights: x.") is None
+    assert cache_figure(pd.DataFrame([{"variant": "prefix", "wall_s": 3.0}]), "CPU (test)", "Weights: x.") is None

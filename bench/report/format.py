@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +48,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def mean_of(runs: list[Run], metric: Metric) -> float:
     return mean_std([value(r, metric) for r in runs])[0]
+
+
+def cell(x) -> str:
+    """A figure as a reader takes it in at a glance: three significant digits, never an exponent (1,600, not
+    1.6e+03), thousands separated; blank where a row has none."""
+    if x is None or isinstance(x, str):
+        return x or ""
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, numbers.Integral):
+        return f"{x:,}"
+    if math.isnan(x):
+        return ""
+    return f"{float(f'{x:.3g}'):,.12g}" if math.isfinite(x) else str(x)
 
 
 def fmt_num(x: float, decimals: int | None) -> str:
