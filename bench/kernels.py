@@ -145,11 +145,6 @@ def step_call(model, x, opt, device, dtype, fwd=None):
     return step
 
 
-def step_seconds(model, x, opt, device, dtype, repeats: int, warmup: int = 2, fwd=None) -> float:
-    """The median of `repeats` training steps after `warmup` (step_call's)."""
-    return seconds_per_call(step_call(model, x, opt, device, dtype, fwd), device, warmup, repeats)
-
-
 def kernels_table(variants: list[Variant], device: torch.device, peak: float) -> pd.DataFrame:
     """kernel_rows for one seed of each variant."""
     seen, rows = set(), []

@@ -23,7 +23,7 @@ import torch
 
 from bench import data as data_mod
 from bench.config import features_cacheable
-from bench.kernels import BACKWARD_COST, REPEATS, matmul_gflops, speedups, step_seconds
+from bench.kernels import BACKWARD_COST, REPEATS, matmul_gflops, speedups, step_call
 from bench.models import build_model
 from bench.report.canvas import save
 from bench.report.format import cell
@@ -71,16 +71,22 @@ def timed(fn, device):
 
 
 def model_only_train_rate(v: Variant, device: torch.device, steps: int = 20, warmup: int = 3) -> float:
-    """Images/s of forward + backward + step on random tensors already on the device (the median step)."""
+    """Images/s of forward + backward + step on random tensors already on the device: `steps` steps after `warmup`,
+    their images over their total time, as timm's benchmark.py counts and as the run's own train_img_s is counted
+    (a mean: a median step would leave out the slow steps the pipeline's rate pays for)."""
     cfg = v.config
     model = build_model(cfg.model, 10).to(device)
-    fmt = layout.choose(model, cfg, device, autocast_dtype(cfg.train, device))  # as a run chooses it
+    dtype = autocast_dtype(cfg.train, device)
+    fmt = layout.choose(model, cfg, device, dtype)  # as a run chooses it
     model = to_format(model, fmt)
     opt = train.make_optimizer(cfg.train, model, device)
     fwd = torch.compile(model) if cfg.train.compile else model  # compiled as the run compiles it
     bs, r = cfg.train.batch_size, cfg.input.resolution
-    x = to_format(torch.randn(bs, 3, r, r, device=device), fmt)
-    return bs / step_seconds(model, x, opt, device, autocast_dtype(cfg.train, device), steps, warmup, fwd)
+    step = step_call(model, to_format(torch.randn(bs, 3, r, r, device=device), fmt), opt, device, dtype, fwd)
+    for _ in range(warmup):
+        step()
+    _, seconds = timed(lambda: [step() for _ in range(steps)], device)
+    return bs * steps / seconds
 
 
 def backbone_forward_seconds(v: Variant, ds, device: torch.device) -> float:

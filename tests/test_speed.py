@@ -230,3 +230,19 @@ def test_the_cache_figure_shows_frozen_variants_only():
     assert "32.4 s (4.24x less than the backbone every epoch)" in [t.get_text() for t in ax.texts]  # the table's
     assert cache_figure(pd.DataFrame([tuned]), "CPU (test)", "Weights: x.") is None
     assert cache_figure(pd.DataFrame([{"variant": "prefix", "wall_s": 3.0}]), "CPU (test)", "Weights: x.") is None
+
+
+def test_the_model_only_rate_counts_every_step_as_the_pipelines_rate_does(write_study, monkeypatch):
+    """Images over the total time of the timed steps (timm's benchmark.py, and train_img_s), not a median step:
+    one slow step in five must pull the rate down as it pulls the pipeline's down."""
+    from bench import speed
+
+    sleeps = iter([0.0] * 2 + [0.01, 0.01, 0.2, 0.01, 0.01])  # two warm-up steps, then five timed ones
+
+    monkeypatch.setattr(speed, "step_call", lambda *a, **k: lambda: time.sleep(next(sleeps)))
+    defaults = {**TINY, "model": {**TINY["model"], "freeze": "none"}}
+    (v,) = [v for v in load_study_file(write_study({"study": "s", "defaults": defaults})).variants]
+    rate = speed.model_only_train_rate(v, torch.device("cpu"), steps=5, warmup=2)
+    bs = v.config.train.batch_size
+    assert rate <= bs * 5 / 0.24  # every step's time counted; a median step (0.01 s) would say bs / 0.01
+    assert next(sleeps, None) is None  # exactly the warm-up and timed steps ran
