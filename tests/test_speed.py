@@ -154,6 +154,15 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     big = 48
     picks = {16: {"contiguous": 1.0, "channels_last": 2.0}, big: {"contiguous": 2.0, "channels_last": 1.0}}
     monkeypatch.setattr(layout, "measure", lambda net, batch, r, device, dtype, what: picks[r])
+    from bench import speed
+
+    drawn, draw = {}, speed.kernels_figure
+
+    def kernels_figure(*args):  # what the page's figure is drawn with
+        drawn["gains"] = args[4]
+        return draw(*args)
+
+    monkeypatch.setattr(speed, "kernels_figure", kernels_figure)
     model = {**TINY["model"], "arch": "resnet18", "freeze": "none"}
     study = {
         "study": "kernels",
@@ -186,6 +195,9 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     assert "float32 matmul" in md and "| always met |" in md and "picked_over_default" in md
     assert "Weights: random init (no pretraining). Synthetic tensors (no data read)" in md
     assert "](kernels.png)" in md and (tmp_path / "k" / "kernels.png").stat().st_size > 0
+    # each heading's gain is the speed-ups table's pick over torch's default for that variant and pass
+    ups = pd.read_csv(tmp_path / "k" / "kernels.csv").groupby(["variant", "pass"], sort=False).size()
+    assert set(drawn["gains"]) == set(ups.index) and all(g > 0 for g in drawn["gains"].values())
 
 
 def _bars(ax) -> list[tuple[str, float]]:
@@ -205,12 +217,16 @@ def test_the_kernels_figure_draws_the_table_it_is_drawn_from():
     ]
     table = pd.DataFrame(rows, columns=["variant", "pass", "choice", "ms", "pct_of_matmul", "picked"])
     table = table.assign(img_s=32000 / table.ms, gflop_s=table.pct_of_matmul * 2)
-    fig = kernels_figure(table, "CPU (test)", 200.0, "Weights: random init (no pretraining).")
+    gains = {("a", "forward"): 1.25}  # the speed-ups table's pick over torch's default, said in the heading
+    fig = kernels_figure(table, "CPU (test)", 200.0, "Weights: random init (no pretraining).", gains)
     passes, steps = fig.axes
     # one bar per row, as long as the table says, the picked one marked; the optimizer steps on their own axis
     assert _bars(passes) == [("other", 50.0), ("picked", 62.5), ("other", 40.0), ("picked", 48.0)]
     assert _bars(steps) == [("other", 40.0), ("picked", 8.0)]
-    assert [t.get_text() for t in passes.texts if t.get_gid() == "heading"] == ["a · forward", "a · train step"]
+    assert [t.get_text() for t in passes.texts if t.get_gid() == "heading"] == [
+        "a · forward: the pick 1.25x torch's default",
+        "a · train step",
+    ]
     assert [t.get_text() for t in passes.get_yticklabels()] == ["contiguous", "channels_last"] + [
         "contiguous, for-loop",
         "channels_last, fused",

@@ -15,9 +15,15 @@ PICKED, OTHER = "C0", "0.78"  # the choice a run takes, the others
 ROW_IN = 0.22  # inches per bar
 
 
-def _rows(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """[(heading, its rows)] per variant and pass, in the table's order."""
-    return [(f"{variant} · {what}", g) for (variant, what), g in table.groupby(["variant", "pass"], sort=False)]
+def _rows(table: pd.DataFrame, gains: dict | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """[(heading, its rows)] per variant and pass, in the table's order; a heading says how much faster the pick
+    is than torch's default where `gains` ({(variant, pass): pick over default}, the speed-ups table's) has it."""
+
+    def heading(variant, what) -> str:
+        gain = (gains or {}).get((variant, what))
+        return f"{variant} · {what}" + (f": the pick {cell(gain)}x torch's default" if gain is not None else "")
+
+    return [(heading(variant, what), g) for (variant, what), g in table.groupby(["variant", "pass"], sort=False)]
 
 
 def _panel(ax, groups: list[tuple[str, pd.DataFrame]], value: str, note, log: bool = False) -> None:
@@ -33,7 +39,8 @@ def _panel(ax, groups: list[tuple[str, pd.DataFrame]], value: str, note, log: bo
             v = getattr(r, value)
             bar = ax.barh(y, v - low, left=low, height=0.72, color=PICKED if r.picked else OTHER)
             bar.patches[0].set_gid("picked" if r.picked else "other")
-            ax.text(v * 1.08 if log else v + top * 0.01, y, note(r), va="center", fontsize=7.5)
+            x = v * 1.08 if log else v + top * 0.01
+            ax.text(x, y, note(r), va="center", fontsize=7.5, bbox={"fc": "white", "ec": "none", "pad": 0.3})
             ticks.append(y)
             labels.append(plain(r.choice))
             y += 1
@@ -48,12 +55,13 @@ def _panel(ax, groups: list[tuple[str, pd.DataFrame]], value: str, note, log: bo
     ax.grid(alpha=0.3, axis="x")
 
 
-def kernels_figure(table: pd.DataFrame, device: str, peak: float, what: str) -> Figure:
+def kernels_figure(table: pd.DataFrame, device: str, peak: float, what: str, gains: dict | None = None) -> Figure:
     """kernels.csv as bars: each pass's choices as a percentage of the float32 matmul's GFLOP/s (the dashed line:
-    the matmul itself), the optimizer steps in milliseconds; the choice a run picks in colour."""
+    the matmul itself), the optimizer steps in milliseconds; the choice a run picks in colour, and in each heading
+    its speed over torch's default from `gains` ({(variant, pass): picked_over_default})."""
     passes = table[table["pass"].isin(["forward", "train step"])]
     steps = table[~table["pass"].isin(["forward", "train step"])]
-    groups, step_groups = _rows(passes), _rows(steps)
+    groups, step_groups = _rows(passes, gains), _rows(steps, gains)
     n_pass = sum(len(g) + 1.4 for _, g in groups)
     n_step = sum(len(g) + 1.4 for _, g in step_groups)
     fig = new_figure(8.5, 1.8 + ROW_IN * (n_pass + n_step))
@@ -89,7 +97,7 @@ def cache_figure(table: pd.DataFrame, device: str, what: str) -> Figure | None:
     """speed.csv's frozen variants as bars of wall time: the backbone every epoch, the feature cache (the whole
     run), one bare forward pass over the same images; None when no variant has them."""
     cols = {"uncached_s": "backbone every epoch", "wall_s": "feature cache (the whole run)"}
-    cols["forward_pass_s"] = "one forward pass over the images"
+    cols["forward_pass_s"] = "one bare forward pass (not folded)"
     frozen = table.dropna(subset=["uncached_s"]) if "uncached_s" in table else table.iloc[:0]
     if frozen.empty:
         return None
