@@ -197,7 +197,7 @@ def test_bench_speed_kernels_times_every_choice_and_marks_what_a_run_picks(write
     assert "](kernels.png)" in md and (tmp_path / "k" / "kernels.png").stat().st_size > 0
     # each heading's gain is the speed-ups table's pick over torch's default for that variant and pass
     ups = pd.read_csv(tmp_path / "k" / "kernels.csv").groupby(["variant", "pass"], sort=False).size()
-    assert set(drawn["gains"]) == set(ups.index) and all(g > 0 for g in drawn["gains"].values())
+    assert set(drawn["gains"]) == set(ups.index) and all(g.startswith("the pick ") for g in drawn["gains"].values())
 
 
 def _bars(ax) -> list[tuple[str, float]]:
@@ -217,7 +217,7 @@ def test_the_kernels_figure_draws_the_table_it_is_drawn_from():
     ]
     table = pd.DataFrame(rows, columns=["variant", "pass", "choice", "ms", "pct_of_matmul", "picked"])
     table = table.assign(img_s=32000 / table.ms, gflop_s=table.pct_of_matmul * 2)
-    gains = {("a", "forward"): 1.25}  # the speed-ups table's pick over torch's default, said in the heading
+    gains = {("a", "forward"): "the pick 1.25x torch's default"}  # the writer's words (speed.gain_words)
     fig = kernels_figure(table, "CPU (test)", 200.0, "Weights: random init (no pretraining).", gains)
     passes, steps = fig.axes
     # one bar per row, as long as the table says, the picked one marked; the optimizer steps on their own axis
@@ -233,6 +233,32 @@ def test_the_kernels_figure_draws_the_table_it_is_drawn_from():
     ]
     assert [line.get_xdata()[0] for line in passes.lines] == [100]  # the matmul's own throughput
     assert "Weights: random init" in fig.get_suptitle() and "200 GFLOP/s" in passes.get_xlabel()
+
+
+def test_a_headings_gain_reads_as_its_target_judges_it():
+    """A pick 1.147x torch's default that missed a target of >= 1.15x must not read '1.15x' in the figure: where
+    a target bounds the speed-up, the heading prints it as the target's row does, and says met or missed."""
+    from bench.speed import gain_words
+    from bench.study import Target
+
+    ups = pd.DataFrame(
+        [("r64", "train step", 1.14704), ("r224", "forward", 1.55994), ("r64", "forward", 1.06792)],
+        columns=["variant", "pass", "picked_over_default"],
+    )
+    targets = [
+        Target(
+            column="picked_over_default", where={"variant": "r64", "pass": "train step"}, op=">=", bound=1.15, what="x"
+        ),
+        Target(
+            column="picked_over_default", where={"variant": "r224", "pass": "forward"}, op=">=", bound=1.3, what="y"
+        ),
+        Target(column="picked_over_fastest", op=">=", bound=0.95, what="every pass"),  # not the heading's number
+    ]
+    assert gain_words(ups, targets) == {
+        ("r64", "train step"): "the pick 1.147x torch's default (target ≥ 1.15x: missed)",
+        ("r224", "forward"): "the pick 1.56x torch's default (target ≥ 1.3x: met)",
+        ("r64", "forward"): "the pick 1.07x torch's default",
+    }
 
 
 def test_the_cache_figure_shows_frozen_variants_only():

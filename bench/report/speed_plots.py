@@ -16,12 +16,12 @@ ROW_IN = 0.22  # inches per bar
 
 
 def _rows(table: pd.DataFrame, gains: dict | None = None) -> list[tuple[str, pd.DataFrame]]:
-    """[(heading, its rows)] per variant and pass, in the table's order; a heading says how much faster the pick
-    is than torch's default where `gains` ({(variant, pass): pick over default}, the speed-ups table's) has it."""
+    """[(heading, its rows)] per variant and pass, in the table's order; a heading ends with what `gains`
+    ({(variant, pass): text}, the writer's words for the pick's speed over torch's default) says of it."""
 
     def heading(variant, what) -> str:
         gain = (gains or {}).get((variant, what))
-        return f"{variant} · {what}" + (f": the pick {cell(gain)}x torch's default" if gain is not None else "")
+        return f"{variant} · {what}" + (f": {gain}" if gain else "")
 
     return [(heading(variant, what), g) for (variant, what), g in table.groupby(["variant", "pass"], sort=False)]
 
@@ -58,7 +58,7 @@ def _panel(ax, groups: list[tuple[str, pd.DataFrame]], value: str, note, log: bo
 def kernels_figure(table: pd.DataFrame, device: str, peak: float, what: str, gains: dict | None = None) -> Figure:
     """kernels.csv as bars: each pass's choices as a percentage of the float32 matmul's GFLOP/s (the dashed line:
     the matmul itself), the optimizer steps in milliseconds; the choice a run picks in colour, and in each heading
-    its speed over torch's default from `gains` ({(variant, pass): picked_over_default})."""
+    what `gains` ({(variant, pass): text}, speed.gain_words) says of its speed over torch's default."""
     passes = table[table["pass"].isin(["forward", "train step"])]
     steps = table[~table["pass"].isin(["forward", "train step"])]
     groups, step_groups = _rows(passes, gains), _rows(steps, gains)
