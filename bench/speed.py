@@ -225,21 +225,28 @@ def check_targets(table: pd.DataFrame, targets: list[Target]) -> list[tuple[str,
     return out
 
 
+def bound_of(row: dict, column: str, targets: list[Target]) -> float | None:
+    """The bound of the target (the first, as a study file lists them) that judges `row`'s `column`, if any."""
+    for t in targets:
+        if t.column == column and all(row.get(col) == value for col, value in t.where.items()):
+            return t.bound
+    return None
+
+
 def gain_words(ups: pd.DataFrame, targets: list[Target]) -> dict[tuple[str, str], str]:
     """Per (variant, pass) of the speed-ups table, the pick's speed over torch's default as the kernels figure's
     heading says it; where a target bounds that number, printed as the target's row prints it, with its verdict
     (a 1.147x that missed >= 1.15x must not read '1.15x' under the figure's title)."""
     words = {}
-    for _, u in ups.iterrows():
-        gain, text = u.picked_over_default, f"the pick {cell(u.picked_over_default)}x torch's default"
-        for t in targets:
-            if t.column == "picked_over_default" and all(u.get(col) == value for col, value in t.where.items()):
-                ok = COMPARISONS[t.op](gain, t.bound)
-                text = (
-                    f"the pick {against(gain, t.bound)}x torch's default "
-                    f"(target {SYMBOLS[t.op]} {cell(t.bound)}x: {'met' if ok else 'missed'})"
-                )
-        words[(u.variant, u["pass"])] = text
+    for u in ups.to_dict("records"):
+        gain = u["picked_over_default"]
+        t = next((t for t in targets if bound_of(u, "picked_over_default", [t]) is not None), None)
+        said = f"the pick {cell(gain) if t is None else against(gain, t.bound)}x torch's default"
+        if t is not None:
+            said += (
+                f" (target {SYMBOLS[t.op]} {cell(t.bound)}x: {'met' if COMPARISONS[t.op](gain, t.bound) else 'missed'})"
+            )
+        words[(u["variant"], u["pass"])] = said
     return words
 
 
@@ -252,7 +259,7 @@ def against(x: float, bound: float) -> str:
     digits = 3
     while digits < 8 and x != bound and float(f"{x:.{digits}g}") == bound:
         digits += 1
-    return f"{x:.{digits}g}"
+    return cell(x) if digits == 3 else f"{x:.{digits}g}"
 
 
 def workers_speed(study, variants: list[Variant], workers: int, device: torch.device) -> pd.DataFrame:
@@ -286,25 +293,37 @@ def workers_speed(study, variants: list[Variant], workers: int, device: torch.de
     return table
 
 
-def markdown(table: pd.DataFrame, turned_by: str | None = None) -> str:
-    """`table` as a markdown table of `cell`s, numbers right-aligned. `turned_by`: one column per value of that
-    column and one row per measure (a few runs of thirty measures read down, not across)."""
+def markdown(table: pd.DataFrame, turned_by: str | None = None, targets: list[Target] = ()) -> str:
+    """`table` as a markdown table of `cell`s, numbers right-aligned; a cell one of `targets` bounds is printed as
+    the target's row prints it (`against`: 1.147 under a missed >= 1.15, not 1.15). `turned_by`: one column per
+    value of that column and one row per measure (a few runs of thirty measures read down, not across)."""
     from tabulate import tabulate
 
+    texts = pd.DataFrame(
+        [[text(x, bound_of(r, column, targets)) for column, x in r.items()] for r in table.to_dict("records")],
+        columns=table.columns,
+        index=table.index,
+        dtype=object,
+    )
     if turned_by:
         labels = table[turned_by].astype(str)
         if labels.duplicated().any() and "seed" in table:
             labels = labels + " (seed " + table["seed"].astype(str) + ")"
-        turned = table.drop(columns=[turned_by]).set_axis(labels, axis=0).T
+        turned = texts.drop(columns=[turned_by]).set_axis(list(labels), axis=0).T
         headers = ["", *turned.columns]
-        rows = [[name, *map(cell, values)] for name, values in turned.iterrows()]
+        rows = [[name, *values] for name, values in turned.iterrows()]
         align = ["left", *["right"] * len(turned.columns)]
     else:
         headers = list(table.columns)
-        rows = [[cell(x) for x in row] for row in table.itertuples(index=False)]
+        rows = texts.values.tolist()
         numeric = [pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in table.dtypes]
         align = ["right" if n else "left" for n in numeric]
     return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True, colalign=align)
+
+
+def text(x, bound: float | None) -> str:
+    """A table cell: `cell(x)`, or against its target's bound where one bounds it."""
+    return against(x, bound) if bound is not None and isinstance(x, float) and pd.notna(x) else cell(x)
 
 
 def write_speed_report(
@@ -320,7 +339,7 @@ def write_speed_report(
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "speed.csv", index=False, float_format="%.4g")
     targets = check_targets(table, targets)
-    md = markdown(table.drop(columns=["device", "matmul_gflop_s"]), turned_by="variant")
+    md = markdown(table.drop(columns=["device", "matmul_gflop_s"]), turned_by="variant", targets=targets)
     figure = []
     if (fig := cache_figure(table, table["device"].iloc[0], made_of)) is not None:
         save(fig, out / "speed", {"md"})
@@ -376,7 +395,7 @@ def write_kernels_report(
     table.to_csv(out / "kernels.csv", index=False, float_format="%.4g")
     ups = speedups(table)
     judged = check_targets(ups, targets)
-    md = markdown(table) + "\n\n" + markdown(ups)
+    md = markdown(table) + "\n\n" + markdown(ups, targets=targets)
     gains = gain_words(ups, targets)
     save(kernels_figure(table, device, peak, f"{weights} {SYNTHETIC}".strip(), gains), out / "kernels", {"md"})
     lines = [

@@ -116,6 +116,23 @@ def test_speed_pages_show_figures_a_reader_takes_in_at_a_glance():
     assert [c.strip() for c in turned[3].split("|")[1:-1]] == ["ratio", "", "4.02"]
 
 
+def test_a_cell_a_target_judges_reads_as_the_targets_row_prints_it():
+    """A speed-up of 1.1496 that missed >= 1.15 printed '1.15' in the tables above the target's 'NO': a cell a
+    target bounds is printed with the digits it takes not to read as that bound, in plain and turned tables; a
+    cell of the same column the target does not judge, and every other cell, keep three digits."""
+    from bench.speed import markdown
+    from bench.study import Target
+
+    table = pd.DataFrame({"variant": ["a", "b"], "gain": [1.1496, 1.1496], "ms": [1.1496, 2.0]})
+    targets = [Target(column="gain", where={"variant": "a"}, op=">=", bound=1.15, what="a's gain")]
+    rows = markdown(table, targets=targets).splitlines()
+    assert [c.strip() for c in rows[2].split("|")[1:-1]] == ["a", "1.1496", "1.15"]
+    assert [c.strip() for c in rows[3].split("|")[1:-1]] == ["b", "1.15", "2"]
+    turned = markdown(table, turned_by="variant", targets=targets).splitlines()
+    assert [c.strip() for c in turned[2].split("|")[1:-1]] == ["gain", "1.1496", "1.15"]
+    assert markdown(table) == markdown(table, targets=[])  # no target, no change
+
+
 def test_bench_speed_writes_each_row_as_its_variant_ends(write_study, tmp_path, monkeypatch):
     from bench import speed
     from bench.cli import main

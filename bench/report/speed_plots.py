@@ -33,7 +33,18 @@ def _panel(ax, groups: list[tuple[str, pd.DataFrame]], value: str, note, log: bo
     top = max(g[value].max() for _, g in groups)
     low = min(g[value].min() for _, g in groups) / 3 if log else 0  # where a bar starts on a log axis
     for heading, g in groups:
-        ax.text(low, y, plain(heading), weight="bold", va="center", ha="left", fontsize=8.5, gid="heading")
+        ax.annotate(  # just off the axis, on white where it crosses a grid or reference line
+            plain(heading),
+            (low, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            weight="bold",
+            va="center",
+            ha="left",
+            fontsize=8.5,
+            gid="heading",
+            bbox={"fc": "white", "ec": "none", "pad": 0.3},
+        )
         y += 1
         for r in g.itertuples(index=False):
             v = getattr(r, value)
